@@ -1,0 +1,19 @@
+"""Figures of a run (matplotlib, Agg): each function writes one PNG and returns its path."""
+
+from cryosip.plotting.figures import (
+    plot_density_1d,
+    plot_density_2d,
+    plot_free_energy,
+    plot_image_pairs,
+    plot_loss,
+    plot_particle_paths,
+)
+
+__all__ = [
+    "plot_density_1d",
+    "plot_density_2d",
+    "plot_free_energy",
+    "plot_image_pairs",
+    "plot_loss",
+    "plot_particle_paths",
+]

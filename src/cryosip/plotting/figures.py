@@ -1,0 +1,142 @@
+"""Figures of a recovered measure over conformations.
+
+Weighted particles ``(positions [n_particles, dim], weights [n_particles])`` are shown as a
+kernel density estimate (Gaussian, Scott's bandwidth on the weighted sample) with the
+particles as a rug; a truth, when given, is a reference sample drawn on the same axes.
+The free energy is ``F(x) = -kT log p(x)`` in units of kT, shifted so that ``min F = 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["weighted_kde", "plot_density_1d", "plot_free_energy", "plot_density_2d",
+           "plot_loss", "plot_particle_paths", "plot_image_pairs"]
+
+
+def weighted_kde(samples: np.ndarray, weights: np.ndarray | None, grid: np.ndarray,
+                 bandwidth: float | None = None) -> np.ndarray:
+    """1-D weighted Gaussian KDE of ``samples [n]`` on ``grid [g]`` (integrates to 1).
+
+    >>> g = np.linspace(-5, 5, 1001)
+    >>> p = weighted_kde(np.zeros(3), None, g, bandwidth=1.0)
+    >>> round(float(np.trapezoid(p, g)), 4)
+    1.0
+    """
+    samples = np.asarray(samples, float).ravel()
+    w = np.full(samples.shape, 1.0 / samples.size) if weights is None else np.asarray(weights)
+    w = w / w.sum()
+    if bandwidth is None:
+        mean = np.sum(w * samples)
+        std = np.sqrt(np.sum(w * (samples - mean) ** 2))
+        n_eff = 1.0 / np.sum(w**2)
+        bandwidth = max(1.06 * std * n_eff ** (-0.2), 1e-3 * (np.ptp(grid) or 1.0))
+    z = (grid[:, None] - samples[None, :]) / bandwidth
+    return (np.exp(-0.5 * z**2) @ w) / (bandwidth * np.sqrt(2 * np.pi))
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_density_1d(path: str | Path, positions: np.ndarray, weights: np.ndarray,
+                    bounds: tuple[float, float], truth_sample: np.ndarray | None = None,
+                    xlabel: str = "conformation x") -> Path:
+    """Recovered density over a 1-D conformation space, particles as a rug, truth dashed."""
+    grid = np.linspace(bounds[0], bounds[1], 400)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(grid, weighted_kde(positions[:, 0], weights, grid), lw=2, label="recovered")
+    if truth_sample is not None:
+        ax.plot(grid, weighted_kde(truth_sample[:, 0], None, grid), "k--", lw=1.5, label="truth")
+    ax.plot(positions[:, 0], np.zeros(len(positions)), "|", color="C3", ms=12,
+            alpha=0.7, label="particles")
+    ax.set(xlabel=xlabel, ylabel="density", xlim=bounds)
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def free_energy_profile(positions: np.ndarray, weights: np.ndarray,
+                        bounds: tuple[float, float], n_grid: int = 200,
+                        floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """``(grid, F)`` with ``F = -log p`` (kT units) from the KDE, shifted to min 0."""
+    grid = np.linspace(bounds[0], bounds[1], n_grid)
+    p = weighted_kde(positions[:, 0], weights, grid)
+    f = -np.log(np.maximum(p, floor * p.max()))
+    return grid, f - f.min()
+
+
+def plot_free_energy(path: str | Path, positions: np.ndarray, weights: np.ndarray,
+                     bounds: tuple[float, float],
+                     truth_sample: np.ndarray | None = None) -> Path:
+    """Free-energy profile ``-kT log p(x)`` of the recovered measure (and of the truth)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    grid, f = free_energy_profile(positions, weights, bounds)
+    ax.plot(grid, f, lw=2, label="recovered")
+    if truth_sample is not None:
+        g, ft = free_energy_profile(truth_sample, np.ones(len(truth_sample)), bounds)
+        ax.plot(g, ft, "k--", lw=1.5, label="truth")
+    ax.set(xlabel="conformation x", ylabel="free energy (kT)", xlim=bounds, ylim=(0, 8))
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def plot_density_2d(path: str | Path, positions: np.ndarray, weights: np.ndarray,
+                    bounds: Sequence[tuple[float, float]],
+                    truth_sample: np.ndarray | None = None,
+                    labels: tuple[str, str] = ("x[0]", "x[1]")) -> Path:
+    """Weighted 2-D histogram of the recovered measure, beside the truth's when given."""
+    n_panels = 1 if truth_sample is None else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), squeeze=False)
+    rng = [list(b) for b in bounds]
+    panels = [("recovered", positions, weights)]
+    if truth_sample is not None:
+        panels.append(("truth", truth_sample, None))
+    for ax, (title, pts, w) in zip(axes[0], panels, strict=True):
+        ax.hist2d(pts[:, 0], pts[:, 1], bins=30, range=rng, weights=w, cmap="viridis")
+        ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
+    return _save(fig, path)
+
+
+def plot_loss(path: str | Path, steps: np.ndarray, loss: np.ndarray, label: str) -> Path:
+    """Loss (discrepancy estimate) against the flow step."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(steps, loss, lw=1.2)
+    ax.set(xlabel="step", ylabel=label)
+    return _save(fig, path)
+
+
+def plot_particle_paths(path: str | Path, steps: np.ndarray, positions: np.ndarray,
+                        axis: int = 0) -> Path:
+    """Coordinate ``axis`` of every particle against the step (``positions [T, M, dim]``)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(steps, positions[:, :, axis], lw=0.7, alpha=0.6)
+    ax.set(xlabel="step", ylabel=f"x[{axis}]")
+    return _save(fig, path)
+
+
+def plot_image_pairs(path: str | Path, observed: np.ndarray, simulated: np.ndarray,
+                     titles: tuple[str, str] = ("observed", "simulated")) -> Path:
+    """Rows of observed images above the matching simulated (clean) images."""
+    n = len(observed)
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
+    for j in range(n):
+        for row, stack in enumerate((observed, simulated)):
+            ax = axes[row, j]
+            ax.imshow(stack[j], cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(f"#{j}", fontsize=8)
+    axes[0, 0].set_ylabel(titles[0])
+    axes[1, 0].set_ylabel(titles[1])
+    return _save(fig, path)
