@@ -1,5 +1,24 @@
 """Conformation models: a point ``x`` of a low-dimensional conformation space to atoms."""
 
+from cryosip.structures.adk import AdkDomains, AdkPath
 from cryosip.structures.base import AbstractConformationModel, Atoms
+from cryosip.structures.factory import load_model
+from cryosip.structures.hinge import HingeModel
+from cryosip.structures.modes import LinearModeModel
+from cryosip.structures.path import PathModel
+from cryosip.structures.pdb import write_pdb
+from cryosip.structures.topology import DEFAULT_WIDTH_ANGSTROM, Topology
 
-__all__ = ["AbstractConformationModel", "Atoms"]
+__all__ = [
+    "DEFAULT_WIDTH_ANGSTROM",
+    "AbstractConformationModel",
+    "AdkDomains",
+    "AdkPath",
+    "Atoms",
+    "HingeModel",
+    "LinearModeModel",
+    "PathModel",
+    "Topology",
+    "load_model",
+    "write_pdb",
+]

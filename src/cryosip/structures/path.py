@@ -1,0 +1,184 @@
+r"""User conformation models along a path of frames: ``x`` in ``[0, 1]`` = progress.
+
+:class:`PathModel` interpolates frames (see :class:`~cryosip.structures.interp.FramePath`):
+frame ``f`` of ``F`` is at ``x = f/(F-1)``. Build it from any MDAnalysis topology +
+trajectory (:meth:`PathModel.from_files`) or a multi-model PDB/mmCIF
+(:meth:`PathModel.from_structure_file`, read with gemmi). Frames are superposed on the
+first frame (on CA atoms when there are any) and centred on the amplitude-weighted
+centroid of each frame, so ``x`` changes conformation only.
+
+>>> import jax.numpy as jnp
+>>> frames = np.zeros((3, 2, 3)); frames[:, 1, 0] = [1.0, 2.0, 3.0]
+>>> model = PathModel.from_frames(frames, np.ones(2), np.ones(2), align=False)
+>>> float(model.structure_at(jnp.array([0.5])).positions_angstrom[1, 0])
+2.0
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from cryosip.structures.base import AbstractConformationModel, Atoms
+from cryosip.structures.interp import FramePath, Interpolation, superpose_frames
+from cryosip.structures.topology import (
+    Topology,
+    atomic_numbers_from_masses,
+    atomic_numbers_from_symbols,
+    coarse_grain_residues,
+    widths_or_default,
+)
+
+__all__ = ["PathModel", "prepare_frames"]
+
+
+def prepare_frames(
+    frames: np.ndarray, amplitudes: np.ndarray, fit_index: np.ndarray | None = None
+) -> np.ndarray:
+    """Superpose frames on frame 0 (atoms ``fit_index``, default all) and centre each one."""
+    frames = np.asarray(frames, dtype=np.float64)
+    fit = np.arange(frames.shape[1]) if fit_index is None else np.asarray(fit_index)
+    aligned = superpose_frames(frames, fit, np.ones(len(fit)))
+    w = np.asarray(amplitudes, dtype=float) / np.sum(amplitudes)
+    return aligned - np.einsum("a,fad->fd", w, aligned)[:, None, :]
+
+
+class PathModel(AbstractConformationModel):
+    """Structures along an interpolated path of frames; ``x`` (shape (1,)) in ``[0, 1]``."""
+
+    path: FramePath
+    amplitudes: Float[Array, " n_atoms"]
+    widths_angstrom: Float[Array, " n_atoms"]
+    lower: Float[Array, " dim"]
+    upper: Float[Array, " dim"]
+    topology: Topology | None = eqx.field(static=True, default=None)
+
+    def structure_at(self, x: Float[Array, " dim"]) -> Atoms:
+        return Atoms(self.path(x[0]), self.amplitudes, self.widths_angstrom)
+
+    @property
+    def n_frames(self) -> int:
+        return self.path.n_frames
+
+    def frame_x(self, frame: int) -> float:
+        """The ``x`` of frame ``frame`` (``frame / (F - 1)``)."""
+        return frame / (self.n_frames - 1)
+
+    @classmethod
+    def from_frames(
+        cls,
+        frames: Float[np.ndarray, "n_frames n_atoms 3"],
+        amplitudes: Float[np.ndarray, " n_atoms"],
+        widths_angstrom: Float[np.ndarray, " n_atoms"],
+        topology: Topology | None = None,
+        *,
+        interpolation: Interpolation = "cubic",
+        align: bool = True,
+        coarse: str | None = None,
+    ) -> PathModel:
+        """From coordinates (Å); ``coarse="residue"`` keeps one bead per residue."""
+        if coarse == "residue":
+            topology = topology or Topology.generic(frames.shape[1])
+            frames, amplitudes, widths_angstrom, topology = coarse_grain_residues(
+                np.asarray(frames), np.asarray(amplitudes), np.asarray(widths_angstrom), topology
+            )
+        elif coarse is not None:
+            raise ValueError(f"coarse must be None or 'residue', got {coarse!r}")
+        if align:
+            fit = None
+            if topology is not None and np.any(topology.atom_names == "CA"):
+                fit = np.flatnonzero(topology.atom_names == "CA")
+            frames = prepare_frames(frames, amplitudes, fit)
+        return cls._build(frames, amplitudes, widths_angstrom, topology, interpolation)
+
+    @classmethod
+    def _build(cls, frames, amplitudes, widths, topology, interpolation) -> PathModel:
+        return cls(
+            path=FramePath.from_frames(frames, interpolation),
+            amplitudes=jnp.asarray(amplitudes, dtype=jnp.float32),
+            widths_angstrom=jnp.asarray(widths, dtype=jnp.float32),
+            lower=jnp.zeros(1),
+            upper=jnp.ones(1),
+            topology=topology,
+        )
+
+    @classmethod
+    def from_files(
+        cls, topology: str, trajectory: str, *, select: str = "all", hydrogens: bool = True,
+        interpolation: Interpolation = "cubic", coarse: str | None = None,
+    ) -> PathModel:
+        """From an MDAnalysis topology (PSF, PDB, GRO...) and trajectory (DCD, XTC...)."""
+        frames, amps, widths, topo = read_trajectory(topology, trajectory, select, hydrogens)
+        return cls.from_frames(frames, amps, widths, topo, interpolation=interpolation,
+                               coarse=coarse)
+
+    @classmethod
+    def from_structure_file(
+        cls, path: str, *, hydrogens: bool = True, interpolation: Interpolation = "cubic",
+        coarse: str | None = None,
+    ) -> PathModel:
+        """From a multi-model PDB or mmCIF (every model has the same atoms in order)."""
+        frames, amps, widths, topo = read_multimodel(path, hydrogens)
+        return cls.from_frames(frames, amps, widths, topo, interpolation=interpolation,
+                               coarse=coarse)
+
+
+def _universe_topology(atoms) -> tuple[Topology, np.ndarray]:
+    """Topology and atomic numbers of an MDAnalysis AtomGroup."""
+    try:
+        elements = np.asarray(atoms.elements, dtype=str)
+        z = atomic_numbers_from_symbols(elements)
+        if np.any(z == 0):
+            raise ValueError("unknown element")
+    except (AttributeError, ValueError):
+        z = atomic_numbers_from_masses(atoms.masses)
+        elements = np.array([_SYMBOLS.get(int(k), "X") for k in z])
+    segids = np.asarray(getattr(atoms, "segids", np.full(len(atoms), "")), dtype=str)
+    letters = {s: chr(ord("A") + k % 26) for k, s in enumerate(dict.fromkeys(segids.tolist()))}
+    chains = np.array([letters[s] for s in segids.tolist()])
+    topo = Topology(np.asarray(atoms.names, dtype=str), np.asarray(atoms.resnames, dtype=str),
+                    np.asarray(atoms.resids), elements, chains)
+    return topo, z
+
+
+_SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 11: "NA", 12: "MG", 15: "P", 16: "S", 17: "CL",
+            19: "K", 20: "CA", 25: "MN", 26: "FE", 29: "CU", 30: "ZN", 34: "SE"}
+
+
+def read_trajectory(topology: str, trajectory: str, select: str = "all", hydrogens: bool = True):
+    """``(frames, amplitudes, widths_angstrom, Topology)`` of an MDAnalysis trajectory."""
+    import MDAnalysis as mda
+
+    universe = mda.Universe(topology, trajectory)
+    atoms = universe.select_atoms(select)
+    topo, z = _universe_topology(atoms)
+    keep = np.ones(len(atoms), bool) if hydrogens else z > 1
+    frames = np.stack([atoms.positions[keep].astype(np.float64) for _ in universe.trajectory])
+    bfac = getattr(atoms, "tempfactors", None)
+    widths = widths_or_default(None if bfac is None else np.asarray(bfac)[keep], int(keep.sum()))
+    return frames, z[keep].astype(float), widths, topo.take(np.flatnonzero(keep))
+
+
+def read_multimodel(path: str, hydrogens: bool = True):
+    """``(frames, amplitudes, widths_angstrom, Topology)`` of a multi-model PDB/mmCIF."""
+    import gemmi
+
+    structure = gemmi.read_structure(str(path))
+    if not hydrogens:
+        structure.remove_hydrogens()
+    records = [[(ch.name, r.name, r.seqid.num, a) for ch in m for r in ch for a in r]
+               for m in structure]
+    if len(records) < 2 or len({len(m) for m in records}) != 1:
+        raise ValueError(f"{path}: need >= 2 models with equal atom counts, "
+                         f"found counts {[len(m) for m in records]}")
+    first = records[0]
+    topo = Topology(np.array([a.name for *_, a in first]), np.array([r for _, r, _, _ in first]),
+                    np.array([n for _, _, n, _ in first]),
+                    np.array([a.element.name.upper() for *_, a in first]),
+                    np.array([c for c, *_ in first]))
+    frames = np.array([[a.pos.tolist() for *_, a in m] for m in records])
+    amps = np.array([a.element.atomic_number * a.occ for *_, a in first], dtype=float)
+    widths = widths_or_default(np.array([a.b_iso for *_, a in first]), len(first))
+    return frames, amps, widths, topo
