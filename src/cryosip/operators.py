@@ -120,3 +120,23 @@ class AbstractRandomOperator(eqx.Module):
             ys, g, self.noise_std
         )
         return ll.T
+
+    def log_marginal_likelihood_grid(
+        self,
+        ys: Float[Array, "n_obs *obs"],
+        xs: Float[Array, "n_particles dim"],
+        key: PRNGKeyArray,
+        n_draws: int,
+    ) -> Float[Array, "n_obs n_particles"]:
+        r"""``log p(y_n | x_i) = log E_{w~pi} N(y_n; G(x_i, w), s^2 I)`` (unknown nuisance).
+
+        Default: importance sampling from the prior with ``n_draws`` draws shared by all
+        particles and observations, ``logsumexp_b log N(y_n; G(x_i, w_b), s^2) - log n_draws``
+        (biased low by Jensen, consistent as ``n_draws`` grows). Operators with a
+        low-dimensional nuisance override this with quadrature.
+        """
+        nuisance = self.sample_nuisance(key, n_draws)
+        g = self.clean_grid(xs, nuisance)  # (n_particles, n_draws, *obs)
+        ll_one = jax.vmap(jax.vmap(gaussian_log_likelihood, (None, 0, None)), (None, 0, None))
+        ll = jax.vmap(lambda y: ll_one(y, g, self.noise_std))(ys)  # (n_obs, n_particles, n_draws)
+        return jax.nn.logsumexp(ll, axis=-1) - jnp.log(n_draws)

@@ -1,0 +1,217 @@
+"""The one flow driver: ``run_flow(solver, objective, measure, observations, key, config)``.
+
+The loop runs jitted chunks of ``config.history_every`` steps (``lax.scan``); step ``k``
+uses the key ``fold_in(key, k)`` (split into a minibatch key and a step key), never a
+carried key, so a run resumed from a checkpoint at step ``k`` ends exactly where the
+uninterrupted run ends. After each chunk: history (positions, weights; the loss of every
+step), divergence check (non-finite loss or positions), callbacks, checkpoint, stopping
+rule. Checkpoints are ``.npz`` written atomically (temporary file + ``os.replace``).
+
+>>> import jax, jax.numpy as jnp
+>>> from cryosip.flows.solvers import WassersteinFlow
+>>> from cryosip.measures import ParticleMeasure
+>>> from cryosip.operators import Observations
+>>> objective = lambda x, w, batch, key: jnp.sum(w * jnp.sum((x - batch.values.mean())**2, 1))
+>>> obs = Observations(jnp.full((8, 1), 2.0))
+>>> res = run_flow(WassersteinFlow(0.25), objective, ParticleMeasure.uniform(jnp.zeros((4, 1))),
+...                obs, jax.random.key(0), FlowConfig(max_steps=40))
+>>> res.status.value, round(float(res.measure.positions[0, 0]), 3)
+('max_steps', 2.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from cryosip.flows.config import FlowConfig
+from cryosip.flows.solvers import FlowState
+from cryosip.measures import ParticleMeasure
+from cryosip.operators import Observations
+from cryosip.provenance import atomic_savez
+
+__all__ = ["Checkpointer", "FlowResult", "FlowStatus", "run_flow"]
+
+
+class FlowStatus(enum.Enum):
+    CONVERGED = "converged"
+    MAX_STEPS = "max_steps"
+    DIVERGED = "diverged"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowResult:
+    """Outcome of :func:`run_flow`.
+
+    ``losses [n_steps]`` (loss at the start of each step); ``positions_history
+    [n_saved, n_particles, dim]`` and ``weights_history [n_saved, n_particles]`` at
+    ``steps_history [n_saved]`` (0 = the initial measure); ``timings`` in seconds:
+    ``total_s``, ``first_chunk_s`` (includes compilation), ``per_step_s`` (median over the
+    other chunks, or the first when it is the only one).
+    """
+
+    status: FlowStatus
+    measure: ParticleMeasure
+    time: float
+    losses: np.ndarray
+    steps_history: np.ndarray
+    positions_history: np.ndarray
+    weights_history: np.ndarray
+    timings: dict[str, float]
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.losses.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointer:
+    """Where checkpoints go (``path``, an ``.npz``); cadence is ``FlowConfig.checkpoint_every``."""
+
+    path: Path
+
+    def save(self, key: PRNGKeyArray, state: FlowState, history: dict[str, list]) -> None:
+        atomic_savez(
+            self.path,
+            key_data=np.asarray(jax.random.key_data(key)),
+            positions=np.asarray(state.positions),
+            weights=np.asarray(state.weights),
+            time=np.asarray(state.time),
+            losses=np.concatenate(history["losses"]),
+            steps_history=np.asarray(history["steps"]),
+            positions_history=np.stack(history["positions"]),
+            weights_history=np.stack(history["weights"]),
+        )
+
+    def load(self, key: PRNGKeyArray) -> tuple[FlowState, dict[str, list]]:
+        with np.load(self.path) as f:
+            if not np.array_equal(f["key_data"], np.asarray(jax.random.key_data(key))):
+                raise ValueError(f"{self.path}: checkpoint was written with another key/seed")
+            state = FlowState(jnp.asarray(f["positions"]), jnp.asarray(f["weights"]),
+                              jnp.asarray(f["time"]))
+            history = {
+                "losses": [f["losses"]],
+                "steps": list(f["steps_history"]),
+                "positions": list(f["positions_history"]),
+                "weights": list(f["weights_history"]),
+            }
+        return state, history
+
+
+def _minibatch(observations: Observations, key, batch_size: int | None) -> Observations:
+    n = len(observations)
+    if batch_size is None or batch_size >= n:
+        return observations
+    return observations.take(jax.random.permutation(key, n)[:batch_size])
+
+
+@eqx.filter_jit
+def _advance(solver, objective, observations, state, key, start, n_steps, batch_size):
+    def body(state, step):
+        k_batch, k_step = jax.random.split(jax.random.fold_in(key, step))
+        batch = _minibatch(observations, k_batch, batch_size)
+        return solver.step(state, objective, batch, k_step, step)
+
+    return jax.lax.scan(body, state, start + jnp.arange(n_steps))
+
+
+def _record(history, step, state):
+    history["steps"].append(step)
+    history["positions"].append(np.asarray(state.positions))
+    history["weights"].append(np.asarray(state.weights))
+
+
+def _converged(config: FlowConfig, history, step) -> bool:
+    if config.tol is None or step < max(config.min_steps, 2 * config.history_every):
+        return False
+    previous, current = np.mean(history["losses"][-2]), np.mean(history["losses"][-1])
+    return abs(previous - current) <= config.tol * max(1.0, abs(previous))
+
+
+def _progress(config: FlowConfig, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.max_steps, initial=start, disable=not config.progress,
+                desc="flow", unit="step")
+
+
+def run_flow(
+    solver,
+    objective: Callable,
+    measure: ParticleMeasure,
+    observations: Observations,
+    key: PRNGKeyArray,
+    config: FlowConfig,
+    callbacks: Sequence[Callable[[int, FlowState, np.ndarray], None]] = (),
+    checkpointer: Checkpointer | None = None,
+    resume: bool = False,
+) -> FlowResult:
+    """Run ``solver`` on ``objective`` from ``measure`` for up to ``config.max_steps`` steps.
+
+    ``callbacks(step, state, chunk_losses)`` run after each chunk. With ``resume`` and an
+    existing checkpoint file, the run continues from it (same key required).
+    """
+    t_start = time.perf_counter()
+    if resume and checkpointer is not None and Path(checkpointer.path).exists():
+        state, history = checkpointer.load(key)
+        step = int(history["steps"][-1])
+    else:
+        state, step = solver.init(measure), 0
+        history = {"losses": [], "steps": [], "positions": [], "weights": []}
+        _record(history, 0, state)
+    status, chunk_times = FlowStatus.MAX_STEPS, []
+    with _progress(config, step) as bar:
+        while step < config.max_steps:
+            n = min(config.history_every, config.max_steps - step)
+            t0 = time.perf_counter()
+            state, losses = _advance(solver, objective, observations, state, key,
+                                     jnp.asarray(step), n, config.batch_size)
+            losses = np.asarray(losses)
+            chunk_times.append((time.perf_counter() - t0) / n)
+            step += n
+            history["losses"].append(losses)
+            _record(history, step, state)
+            bar.update(n)
+            bar.set_postfix(loss=f"{losses[-1]:.5g}")
+            if not (np.all(np.isfinite(losses)) and np.all(np.isfinite(history["positions"][-1]))):
+                status = FlowStatus.DIVERGED
+                break
+            for callback in callbacks:
+                callback(step, state, losses)
+            if checkpointer is not None and config.checkpoint_every and (
+                step % config.checkpoint_every == 0
+            ):
+                checkpointer.save(key, state, history)
+            if _converged(config, history, step):
+                status = FlowStatus.CONVERGED
+                break
+    return _result(status, state, history, chunk_times, time.perf_counter() - t_start)
+
+
+def _result(status, state, history, chunk_times, total_s) -> FlowResult:
+    later = chunk_times[1:] or chunk_times or [float("nan")]
+    timings = {
+        "total_s": total_s,
+        "first_chunk_s": chunk_times[0] if chunk_times else float("nan"),
+        "per_step_s": float(np.median(later)),
+    }
+    losses = np.concatenate(history["losses"]) if history["losses"] else np.zeros(0)
+    return FlowResult(
+        status=status,
+        measure=state.measure(),
+        time=float(state.time),
+        losses=losses,
+        steps_history=np.asarray(history["steps"]),
+        positions_history=np.stack(history["positions"]),
+        weights_history=np.stack(history["weights"]),
+        timings=timings,
+    )
