@@ -1,0 +1,32 @@
+"""Particle files in and out: ``.mrcs`` stacks, RELION STAR 3.0/3.1, cryoDRGN pickles.
+
+Only this package calls the convention converters of :mod:`cryosip.conventions`; every
+reader checks its input once and raises :class:`cryosip.errors.InputError`.
+"""
+
+from cryosip.io.cryodrgn import (
+    read_cryodrgn_ctf,
+    read_cryodrgn_poses,
+    write_cryodrgn_ctf,
+    write_cryodrgn_poses,
+)
+from cryosip.io.mrc import MrcStack, create_stack, open_stack, write_stack
+from cryosip.io.particles import ParticleImages, ParticleStack, read_particles
+from cryosip.io.star import ParticleTable, read_star, write_star
+
+__all__ = [
+    "MrcStack",
+    "ParticleImages",
+    "ParticleStack",
+    "ParticleTable",
+    "create_stack",
+    "open_stack",
+    "read_cryodrgn_ctf",
+    "read_cryodrgn_poses",
+    "read_particles",
+    "read_star",
+    "write_cryodrgn_ctf",
+    "write_cryodrgn_poses",
+    "write_stack",
+    "write_star",
+]

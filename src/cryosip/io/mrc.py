@@ -1,0 +1,124 @@
+"""Particle stacks (``.mrcs``): lazy memory-mapped reading, writing, validation.
+
+A stack is an MRC file of ``n`` square images, ``data[n, y, x]`` (MRC order; a single
+2-D image reads as a stack of one). Reading memory-maps the file read-only, so a stack
+larger than memory is fine; :func:`open_stack` checks the header against the file size
+(truncation), the shape (3-D, square) and, unless ``check_nan=False``, scans the pixels
+for NaN/inf in chunks. Every problem is an :class:`~cryosip.errors.InputError`.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "s.mrcs")
+>>> write_stack(path, np.zeros((3, 8, 8), np.float32), pixel_size_angstrom=2.0)
+>>> stack = open_stack(path)
+>>> len(stack), stack.box_size, stack.pixel_size_angstrom
+(3, 8, 2.0)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+from jaxtyping import Float
+
+from cryosip.errors import InputError
+
+__all__ = ["MrcStack", "create_stack", "open_stack", "write_stack"]
+
+_NAN_CHUNK = 512
+
+
+class MrcStack:
+    """A read-only memory-mapped stack: ``stack[i]`` or ``stack[i:j]`` gives float32 arrays."""
+
+    def __init__(self, path: str | os.PathLike, handle, data: np.ndarray):
+        self.path, self._handle, self.data = str(path), handle, data
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.data[index], dtype=np.float32)
+
+    @property
+    def box_size(self) -> int:
+        return int(self.data.shape[-1])
+
+    @property
+    def pixel_size_angstrom(self) -> float:
+        return float(self._handle.voxel_size.x)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> MrcStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _expected_bytes(path: Path) -> tuple[int, int]:
+    """``(expected, actual)`` file sizes from the header (1024 + extended + data)."""
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        h = mrc.header
+        dtype = mrcfile.utils.data_dtype_from_header(h)
+        n_voxels = int(h.nx) * int(h.ny) * int(h.nz)
+        expected = 1024 + int(h.nsymbt) + n_voxels * np.dtype(dtype).itemsize
+    return expected, path.stat().st_size
+
+
+def open_stack(path: str | os.PathLike, *, check_nan: bool = True) -> MrcStack:
+    """Memory-map a stack read-only after validating it (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), None, "an existing .mrcs file", "no such file")
+    try:
+        expected, actual = _expected_bytes(path)
+    except ValueError as err:
+        raise InputError(str(path), "header", "an MRC header", str(err).splitlines()[0]) from None
+    if actual < expected:
+        raise InputError(str(path), "data", f"{expected} bytes from the header",
+                         f"{actual} bytes (truncated file)")
+    handle = mrcfile.mmap(path, mode="r")
+    data = handle.data if handle.data.ndim == 3 else handle.data[None]
+    if data.ndim != 3 or data.shape[1] != data.shape[2]:
+        handle.close()
+        raise InputError(str(path), "shape", "a stack of square images (n, box, box)",
+                         f"shape {handle.data.shape}")
+    if check_nan:
+        _check_finite(path, data, handle)
+    return MrcStack(path, handle, data)
+
+
+def _check_finite(path: Path, data: np.ndarray, handle) -> None:
+    for start in range(0, data.shape[0], _NAN_CHUNK):
+        chunk = np.asarray(data[start:start + _NAN_CHUNK])
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            handle.close()
+            image = start + int(np.argwhere(bad)[0][0])
+            raise InputError(str(path), "pixels", "finite pixel values",
+                             f"{int(bad.sum())} NaN/inf pixels (first in image {image})")
+
+
+def write_stack(
+    path: str | os.PathLike, images: Float[np.ndarray, "n box box"], pixel_size_angstrom: float
+) -> None:
+    """Write ``images`` as a float32 image stack with the voxel size set."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = pixel_size_angstrom
+
+
+def create_stack(
+    path: str | os.PathLike, n_images: int, box_size: int, pixel_size_angstrom: float
+):
+    """A new writable memory-mapped float32 stack (an ``mrcfile`` object: ``.data[i] = ...``)."""
+    mrc = mrcfile.new_mmap(path, (n_images, box_size, box_size), mrc_mode=2, overwrite=True)
+    mrc.set_image_stack()
+    mrc.voxel_size = pixel_size_angstrom
+    return mrc
