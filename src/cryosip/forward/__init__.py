@@ -1,0 +1,37 @@
+"""The cryo-EM forward model: Gaussian atoms -> rotated, shifted, CTF-filtered images.
+
+Physical parts are separate small objects: :class:`ImageConfig` (geometry),
+:class:`ImageNuisance` / :class:`NuisancePrior` (pose, shift, CTF parameters),
+:class:`GaussianProjector` (analytic projection), :class:`Optics` (CTF), composed by
+:class:`ImageModel`; :class:`CryoEMOperator` is the random forward operator of the SIP.
+All conventions live in :mod:`cryosip.conventions` (``docs/conventions.md``).
+"""
+
+from cryosip.forward.config import ImageConfig
+from cryosip.forward.ctf import Optics, apply_ctf, ctf_rfft
+from cryosip.forward.image_model import ImageModel, render_images, rotate_and_shift
+from cryosip.forward.noise import add_noise, noise_std_for_snr
+from cryosip.forward.operator import CryoEMOperator
+from cryosip.forward.pose import ImageNuisance, NuisancePrior
+from cryosip.forward.projector import GaussianProjector, axis_profiles
+from cryosip.forward.volume import backproject, map_correlation, render_volume
+
+__all__ = [
+    "CryoEMOperator",
+    "GaussianProjector",
+    "ImageConfig",
+    "ImageModel",
+    "ImageNuisance",
+    "NuisancePrior",
+    "Optics",
+    "add_noise",
+    "apply_ctf",
+    "axis_profiles",
+    "backproject",
+    "ctf_rfft",
+    "map_correlation",
+    "noise_std_for_snr",
+    "render_images",
+    "render_volume",
+    "rotate_and_shift",
+]
