@@ -18,6 +18,7 @@ from cryosip.errors import InputError
 # One line per subcommand module (cryosip.cli.<name>).
 SUBCOMMANDS: tuple[str, ...] = (
     "toy",
+    "simulate",
 )
 
 

@@ -34,6 +34,7 @@ from cryosip.structures.path import PathModel
 
 __all__ = ["BuiltinModelSpec", "FileModelSpec", "ModelSpec", "load_model"]
 
+_BUILTIN = ("adk-path", "adk-domains", "hinge")
 _STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz")
 
 
@@ -67,7 +68,12 @@ ModelSpec = str | BuiltinModelSpec | FileModelSpec
 
 def parse_model_spec(spec: str | dict | BuiltinModelSpec | FileModelSpec) -> ModelSpec:
     """Validate a raw spec (string or mapping) into a :data:`ModelSpec`."""
-    if isinstance(spec, str | BuiltinModelSpec | FileModelSpec):
+    if isinstance(spec, str):
+        if spec not in _BUILTIN and not spec.lower().endswith(_STRUCTURE_SUFFIXES):
+            raise InputError("model", "model", "adk-path | adk-domains | hinge | a PDB/mmCIF "
+                             "file | {topology, trajectory}", repr(spec))
+        return spec
+    if isinstance(spec, BuiltinModelSpec | FileModelSpec):
         return spec
     if not isinstance(spec, dict):
         raise InputError("model", "model", "a name, a file or a mapping", repr(spec))
@@ -77,7 +83,10 @@ def parse_model_spec(spec: str | dict | BuiltinModelSpec | FileModelSpec) -> Mod
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(map(str, first["loc"])) or "model"
-        raise InputError("model", f"model.{key}", first["msg"], repr(first.get("input"))) from None
+        expected = first["msg"].removeprefix("Input should be ")
+        if first["type"] == "extra_forbidden":
+            expected = "a known key"
+        raise InputError("model", f"model.{key}", expected, repr(first.get("input"))) from None
 
 
 def load_model(
@@ -86,11 +95,8 @@ def load_model(
     """The conformation model described by ``spec`` (see the module doc)."""
     spec = parse_model_spec(spec)
     if isinstance(spec, str):
-        if spec in ("adk-path", "adk-domains", "hinge"):
+        if spec in _BUILTIN:
             return _builtin(BuiltinModelSpec(name=spec))
-        if not spec.lower().endswith(_STRUCTURE_SUFFIXES):
-            raise InputError("model", "model", "adk-path | adk-domains | hinge | a PDB/mmCIF "
-                             "file | {topology, trajectory}", repr(spec))
         return _from_files(FileModelSpec(structure=spec), Path(base_dir))
     if isinstance(spec, BuiltinModelSpec):
         return _builtin(spec)

@@ -16,6 +16,8 @@ centroid of each frame, so ``x`` changes conformation only.
 
 from __future__ import annotations
 
+import warnings
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -155,7 +157,9 @@ def read_trajectory(topology: str, trajectory: str, select: str = "all", hydroge
     atoms = universe.select_atoms(select)
     topo, z = _universe_topology(atoms)
     keep = np.ones(len(atoms), bool) if hydrogens else z > 1
-    frames = np.stack([atoms.positions[keep].astype(np.float64) for _ in universe.trajectory])
+    with warnings.catch_warnings():  # MDAnalysis 2.x DCDReader deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        frames = np.stack([atoms.positions[keep].astype(np.float64) for _ in universe.trajectory])
     bfac = getattr(atoms, "tempfactors", None)
     widths = widths_or_default(None if bfac is None else np.asarray(bfac)[keep], int(keep.sum()))
     return frames, z[keep].astype(float), widths, topo.take(np.flatnonzero(keep))

@@ -1,0 +1,29 @@
+"""Synthetic data sets with known truth: truth mixtures, the simulate config and pipeline."""
+
+from cryosip.datasets.config import (
+    OpticsConfig,
+    SimulateConfig,
+    load_simulate_config,
+    parse_simulate_config,
+)
+from cryosip.datasets.simulate import SimulationResult, build_operator, simulate_dataset
+from cryosip.datasets.truth import (
+    BetaComponent,
+    GaussianComponent,
+    TruthMixture,
+    UniformComponent,
+)
+
+__all__ = [
+    "BetaComponent",
+    "GaussianComponent",
+    "OpticsConfig",
+    "SimulateConfig",
+    "SimulationResult",
+    "TruthMixture",
+    "UniformComponent",
+    "build_operator",
+    "load_simulate_config",
+    "parse_simulate_config",
+    "simulate_dataset",
+]

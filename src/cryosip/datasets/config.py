@@ -1,0 +1,159 @@
+"""The typed configuration of ``cryosip simulate`` (YAML; frozen; unknown keys rejected).
+
+Keys (units in the names; defaults in brackets)::
+
+    model: adk-path            # adk-domains | hinge | {name: ..., coarse: residue}
+                               # | {topology: FILE, trajectory: FILE} | FILE.pdb/.cif
+    truth:                     # mixture over x, truncated to the model's box
+      - {kind: gaussian, weight: 0.6, mean: [0.2], std: [0.08]}
+      - {kind: uniform, weight: 0.1, low: [0.0], high: [1.0]}
+      - {kind: beta, weight: 0.3, a: [8.0], b: [2.0]}
+    n_images: 10000
+    box_size: 64
+    pixel_size_angstrom: 2.0
+    snr: 0.1                   # or noise_std (exactly one; SNR as in cryosip.forward.noise)
+    defocus_angstrom: [10000, 25000]   # mean defocus ~ U(lo, hi)
+    astigmatism_angstrom: 0.0  # d_U - d_V [0]
+    shift_std_angstrom: 0.0    # in-plane shift ~ N(0, s^2 I) [0]
+    poses: uniform             # uniform on SO(3) | identity [uniform]
+    optics: {voltage_kv: 300, cs_mm: 2.7, amplitude_contrast: 0.1,
+             b_factor_angstrom2: 0, contrast_sign: 1}
+    seed: 0
+    batch_size: 256            # images rendered per batch (results do not depend on it)
+
+>>> cfg = SimulateConfig.model_validate({"model": "hinge",
+...     "truth": [{"kind": "uniform", "low": [0.0], "high": [1.0]}],
+...     "n_images": 4, "box_size": 16, "pixel_size_angstrom": 2.0, "snr": 1.0})
+>>> cfg.defocus_angstrom, cfg.optics.voltage_kv
+((10000.0, 25000.0), 300.0)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cryosip.datasets.truth import Component
+from cryosip.errors import InputError
+from cryosip.structures.factory import BuiltinModelSpec, FileModelSpec, parse_model_spec
+
+__all__ = ["OpticsConfig", "SimulateConfig", "load_simulate_config"]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Problem(ValueError):
+    """A check of ours that names its key (turned into an InputError at the boundary)."""
+
+    def __init__(self, key: str, expected: str, found: str):
+        super().__init__(f"{key}: expected {expected}, found {found}")
+        self.key, self.expected, self.found = key, expected, found
+
+
+class OpticsConfig(BaseModel):
+    """Microscope optics (one optics group)."""
+
+    model_config = _FROZEN
+    voltage_kv: PositiveFloat = 300.0
+    cs_mm: NonNegativeFloat = 2.7
+    amplitude_contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    b_factor_angstrom2: NonNegativeFloat = 0.0
+    contrast_sign: Literal[1, -1] = 1
+
+
+class SimulateConfig(BaseModel):
+    """Everything ``simulate_dataset`` needs (see the module docstring)."""
+
+    model_config = _FROZEN
+    model: str | BuiltinModelSpec | FileModelSpec
+    truth: Annotated[list[Component], Field(min_length=1)]
+    n_images: PositiveInt
+    box_size: Annotated[int, Field(ge=8)]
+    pixel_size_angstrom: PositiveFloat
+    snr: PositiveFloat | None = None
+    noise_std: PositiveFloat | None = None
+    defocus_angstrom: tuple[PositiveFloat, PositiveFloat] = (10000.0, 25000.0)
+    astigmatism_angstrom: NonNegativeFloat = 0.0
+    shift_std_angstrom: NonNegativeFloat = 0.0
+    poses: Literal["uniform", "identity"] = "uniform"
+    optics: OpticsConfig = OpticsConfig()
+    seed: int = 0
+    batch_size: PositiveInt = 256
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any):
+        try:
+            return parse_model_spec(value)
+        except InputError as err:
+            raise _Problem(err.field or "model", err.expected, err.found) from None
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if (self.snr is None) == (self.noise_std is None):
+            raise _Problem("snr", "exactly one of snr and noise_std",
+                           f"snr={self.snr}, noise_std={self.noise_std}")
+        lo, hi = self.defocus_angstrom
+        if hi < lo:
+            raise _Problem("defocus_angstrom", "[low, high] with low <= high", f"[{lo}, {hi}]")
+        if self.astigmatism_angstrom >= 2 * lo:
+            raise _Problem("astigmatism_angstrom", f"below twice the lowest defocus ({2 * lo})",
+                           f"{self.astigmatism_angstrom}")
+        return self
+
+
+def _first_error(err: ValidationError) -> tuple[str, str, str]:
+    """``(key, expected, found)`` of the first pydantic error, for a one-line message."""
+    first = err.errors()[0]
+    problem = first.get("ctx", {}).get("error")
+    if isinstance(problem, _Problem):
+        return problem.key, problem.expected, problem.found
+    loc = [str(p) for p in first["loc"] if str(p) not in ("gaussian", "uniform", "beta")]
+    key = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return key, "a known key", f"unknown key {loc[-1]!r}"
+    if first["type"] == "missing":
+        return key, "this required key", "no such key"
+    if first["type"] == "union_tag_invalid":
+        return f"{key}.kind", "kind gaussian | uniform | beta", repr(first["ctx"]["tag"])
+    msg = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    found = repr(first.get("input"))
+    found = found if len(found) <= 60 else found[:57] + "..."
+    return key, msg, found
+
+
+def parse_simulate_config(data: Any, source: str = "config") -> SimulateConfig:
+    """Validate a mapping; errors are :class:`InputError` naming ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise InputError(source, None, "a YAML mapping of keys", type(data).__name__)
+    try:
+        return SimulateConfig.model_validate(data)
+    except ValidationError as err:
+        key, expected, found = _first_error(err)
+        raise InputError(source, key, expected, found) from None
+
+
+def load_simulate_config(path: str | os.PathLike) -> SimulateConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), None, "an existing YAML file", "no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(str(path), None, "valid YAML", str(err).replace("\n", " ")) from None
+    return parse_simulate_config(data, str(path))
