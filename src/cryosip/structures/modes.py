@@ -64,8 +64,10 @@ class LinearModeModel(AbstractConformationModel):
         std = sing[:n_modes] / np.sqrt(n_frames - 1)
         modes = (std[:, None] * vt[:n_modes]).reshape(n_modes, n_atoms, 3)
         f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
-        return cls(f32(mean), f32(modes), f32(amplitudes), f32(widths_angstrom),
-                   jnp.full(n_modes, -BOX_STD), jnp.full(n_modes, BOX_STD), topology)
+        return cls(mean_angstrom=f32(mean), modes_angstrom=f32(modes),
+                   amplitudes=f32(amplitudes), widths_angstrom=f32(widths_angstrom),
+                   lower=jnp.full(n_modes, -BOX_STD), upper=jnp.full(n_modes, BOX_STD),
+                   topology=topology)
 
     @classmethod
     def from_files(

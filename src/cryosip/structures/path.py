@@ -153,13 +153,16 @@ def read_trajectory(topology: str, trajectory: str, select: str = "all", hydroge
     """``(frames, amplitudes, widths_angstrom, Topology)`` of an MDAnalysis trajectory."""
     import MDAnalysis as mda
 
-    universe = mda.Universe(topology, trajectory)
-    atoms = universe.select_atoms(select)
-    topo, z = _universe_topology(atoms)
-    keep = np.ones(len(atoms), bool) if hydrogens else z > 1
     with warnings.catch_warnings():  # MDAnalysis 2.x DCDReader deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
-        frames = np.stack([atoms.positions[keep].astype(np.float64) for _ in universe.trajectory])
+        universe = mda.Universe(topology, trajectory)
+        atoms = universe.select_atoms(select)
+        keep = np.ones(len(atoms), bool)
+        frames = np.stack([atoms.positions.astype(np.float64) for _ in universe.trajectory])
+    topo, z = _universe_topology(atoms)
+    if not hydrogens:
+        keep = z > 1
+        frames = frames[:, keep]
     bfac = getattr(atoms, "tempfactors", None)
     widths = widths_or_default(None if bfac is None else np.asarray(bfac)[keep], int(keep.sum()))
     return frames, z[keep].astype(float), widths, topo.take(np.flatnonzero(keep))
