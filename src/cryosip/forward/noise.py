@@ -31,7 +31,7 @@ def noise_std_for_snr(clean_images: Float[Array, "n box box"], snr: float) -> Fl
 def add_noise(
     key: PRNGKeyArray, clean_images: Float[Array, "n box box"], noise_std: float | Array
 ) -> Float[Array, "n box box"]:
-    """``clean + noise_std * eps``, one key per image (results independent of batching)."""
-    keys = jax.random.split(key, clean_images.shape[0])
+    """``clean + noise_std * eps``; image ``i`` uses ``fold_in(key, i)`` (prefix-stable)."""
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(clean_images.shape[0]))
     eps = jax.vmap(lambda k: jax.random.normal(k, clean_images.shape[1:], clean_images.dtype))
     return clean_images + noise_std * eps(keys)

@@ -78,8 +78,9 @@ class NuisancePrior(eqx.Module):
     poses: Literal["uniform", "identity"] = eqx.field(default="uniform", static=True)
 
     def sample(self, key: PRNGKeyArray, n: int) -> ImageNuisance:
-        """``n`` i.i.d. nuisances; each image gets its own key (batch-size independent)."""
-        return jax.vmap(self._sample_one)(jax.random.split(key, n))
+        """``n`` i.i.d. nuisances; image ``i`` uses ``fold_in(key, i)`` (prefix-stable)."""
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
+        return jax.vmap(self._sample_one)(keys)
 
     def _sample_one(self, key: PRNGKeyArray) -> ImageNuisance:
         k_pose, k_def, k_ang, k_shift = jax.random.split(key, 4)

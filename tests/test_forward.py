@@ -1,0 +1,167 @@
+"""Forward model: projection closed forms, shift/rotation direction, operator, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cryosip.forward import (
+    CryoEMOperator,
+    GaussianProjector,
+    ImageConfig,
+    ImageModel,
+    ImageNuisance,
+    NuisancePrior,
+    Optics,
+    add_noise,
+    noise_std_for_snr,
+    render_images,
+)
+from cryosip.structures.base import AbstractConformationModel, Atoms
+
+
+class Dumbbell(AbstractConformationModel):
+    """Two Gaussian beads at ``±(4 + 6 x) Å`` along the model x axis, plus one off-axis."""
+
+    lower: jax.Array
+    upper: jax.Array
+
+    def structure_at(self, x):
+        d = 4.0 + 6.0 * x[0]
+        pos = jnp.array([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) * d
+        pos = pos + jnp.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 5.0, 2.0]])
+        return Atoms(pos, jnp.array([1.0, 1.5, 0.7]), jnp.array([2.0, 2.0, 2.5]))
+
+
+def random_atoms(n=20, seed=0, scale=6.0):
+    rng = np.random.default_rng(seed)
+    return Atoms(
+        jnp.asarray(rng.normal(size=(n, 3)) * scale),
+        jnp.asarray(rng.uniform(0.5, 2.0, n)),
+        jnp.asarray(rng.uniform(1.0, 2.0, n)),
+    )
+
+
+def bare(cfg):
+    return ImageModel(cfg, apply_ctf=False)
+
+
+def test_projection_integrates_to_total_amplitude():
+    cfg, atoms = ImageConfig(64, 1.5), random_atoms(scale=4.0)
+    img = bare(cfg).render(atoms, ImageNuisance.create(jnp.array([10.0, 70.0, -30.0])))
+    np.testing.assert_allclose(img.sum() * 1.5**2, atoms.amplitudes.sum(), rtol=1e-5)
+
+
+def test_pixel_average_equals_point_sampling_of_a_widened_gaussian():
+    """Averaging over a pixel p adds p^2/12 to the variance (to O(p^4/s^4))."""
+    cfg, s = ImageConfig(32, 1.0), 4.0
+    avg = GaussianProjector("average").project(jnp.zeros((1, 2)), jnp.ones(1), jnp.full(1, s), cfg)
+    wide = jnp.full(1, np.sqrt(s**2 + 1.0 / 12.0))
+    pt = GaussianProjector("point").project(jnp.zeros((1, 2)), jnp.ones(1), wide, cfg)
+    np.testing.assert_allclose(avg, pt, atol=3e-4 * float(pt.max()))
+
+
+def test_shift_moves_particle_to_centre_minus_origin():
+    """rlnOriginX/YAngst = o: the image equals the unshifted one rolled by -o (in pixels)."""
+    cfg, atoms = ImageConfig(48, 2.0), random_atoms(scale=5.0)
+    e = jnp.array([20.0, 40.0, 60.0])
+    zero = ImageNuisance.create(e)
+    moved = ImageNuisance.create(e, jnp.array([6.0, -4.0]))  # 3 px in x, -2 px in y
+    for model in (bare(cfg), ImageModel(cfg, Optics())):
+        expected = np.roll(np.asarray(model.render(atoms, zero)), (2, -3), axis=(0, 1))
+        np.testing.assert_allclose(model.render(atoms, moved), expected, atol=1e-5)
+
+
+def test_in_plane_rotation_direction():
+    """psi = 90: A = Rz(-90) takes the model's +x axis to the image's -y axis."""
+    cfg = ImageConfig(32, 1.0)
+    atoms = Atoms(jnp.array([[6.0, 0.0, 0.0]]), jnp.ones(1), jnp.ones(1))
+    img = np.asarray(bare(cfg).render(atoms, ImageNuisance.create(jnp.array([0.0, 0.0, 90.0]))))
+    assert np.unravel_index(img.argmax(), img.shape) == (16 - 6, 16)
+
+
+def test_render_images_is_batched_and_jittable():
+    cfg, atoms = ImageConfig(24, 2.0), random_atoms()
+    w = NuisancePrior(astigmatism_angstrom=500.0, shift_std_angstrom=2.0).sample(
+        jax.random.key(0), 5
+    )
+    batch = jax.jit(render_images, static_argnums=2)(atoms, w, cfg, Optics())
+    one = ImageModel(cfg, Optics()).render(atoms, w.take(3))
+    np.testing.assert_allclose(batch[3], one, atol=1e-5)
+
+
+def test_prior_and_noise_do_not_depend_on_batch_size():
+    prior = NuisancePrior(shift_std_angstrom=1.0, astigmatism_angstrom=300.0)
+    a, b = prior.sample(jax.random.key(1), 3), prior.sample(jax.random.key(1), 7).take(slice(3))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y)
+    d = a.defocus_u_angstrom - a.defocus_v_angstrom
+    np.testing.assert_allclose(d, 300.0, rtol=1e-5)
+    imgs = jnp.zeros((7, 4, 4))
+    n3, n7 = add_noise(jax.random.key(2), imgs[:3], 1.0), add_noise(jax.random.key(2), imgs, 1.0)
+    np.testing.assert_allclose(n3, n7[:3])
+
+
+def test_noise_std_for_snr_definition():
+    rng = np.random.default_rng(0)
+    clean = jnp.asarray(rng.normal(size=(50, 16, 16)) * rng.uniform(0.5, 2.0, (50, 1, 1)))
+    sigma = noise_std_for_snr(clean, 0.1)
+    expected = np.sqrt(np.mean(np.var(np.asarray(clean).reshape(50, -1), axis=1)) / 0.1)
+    np.testing.assert_allclose(sigma, expected, rtol=1e-5)
+    noisy = add_noise(jax.random.key(0), clean, sigma)
+    np.testing.assert_allclose(jnp.std(noisy - clean), sigma, rtol=0.02)
+
+
+@pytest.fixture
+def operator():
+    model = Dumbbell(jnp.zeros(1), jnp.ones(1))
+    prior = NuisancePrior(astigmatism_angstrom=400.0, shift_std_angstrom=1.5)
+    return CryoEMOperator(model, ImageConfig(24, 2.0), Optics(), prior, 0.5)
+
+
+def test_operator_batched_methods_match_clean(operator):
+    w = operator.sample_nuisance(jax.random.key(0), 4)
+    xs = jnp.array([[0.1], [0.7], [0.4]])
+    grid = operator.clean_grid(xs, w)
+    assert grid.shape == (3, 4, 24, 24)
+    np.testing.assert_allclose(grid[2, 1], operator.clean(xs[2], w.take(1)), atol=1e-5)
+    paired = operator.clean_paired(xs, w.take(jnp.arange(3)))
+    np.testing.assert_allclose(paired[1], grid[1, 1], atol=1e-5)
+    y = operator.sample(jax.random.key(5), xs[0], w.take(0))
+    np.testing.assert_allclose(jnp.std(y - grid[0, 0]), 0.5, rtol=0.25)
+
+
+def _fd_check(fun, x, direction, eps=1e-5, rtol=1e-6):
+    grad = jax.grad(fun)(x)
+    fd = (fun(x + eps * direction) - fun(x - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(jnp.vdot(grad, direction), fd, rtol=rtol)
+
+
+def test_gradient_wrt_positions_matches_finite_differences():
+    with jax.enable_x64(True):
+        cfg, atoms = ImageConfig(20, 2.0), random_atoms(n=6, scale=4.0)
+        atoms = jax.tree.map(lambda a: a.astype(jnp.float64), atoms)
+        w = NuisancePrior(astigmatism_angstrom=300.0, shift_std_angstrom=1.0).sample(
+            jax.random.key(0), 2
+        )
+        w = jax.tree.map(lambda a: a.astype(jnp.float64), w)
+        target = jnp.asarray(np.random.default_rng(1).normal(size=(2, 20, 20)))
+
+        def loss(pos):
+            a = Atoms(pos, atoms.amplitudes, atoms.widths_angstrom)
+            return jnp.sum(render_images(a, w, cfg, Optics()) * target)
+
+        direction = jnp.asarray(
+            np.random.default_rng(2).normal(size=atoms.positions_angstrom.shape)
+        )
+        _fd_check(loss, atoms.positions_angstrom, direction)
+
+
+def test_gradient_through_conformation_matches_finite_differences(operator):
+    with jax.enable_x64(True):
+        w = jax.tree.map(
+            lambda a: a.astype(jnp.float64), operator.sample_nuisance(jax.random.key(3), 3)
+        )
+        target = jnp.asarray(np.random.default_rng(1).normal(size=(3, 24, 24)))
+        loss = lambda x: jnp.sum(operator.clean_grid(x[None], w)[0] * target)
+        _fd_check(loss, jnp.array([0.3]), jnp.array([1.0]))
