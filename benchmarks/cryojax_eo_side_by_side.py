@@ -1,0 +1,263 @@
+"""Side by side with cryojax-eo ensemble reweighting on the same AdK images and 98 frames.
+
+1. Installs ``cryojax-eo`` into a SEPARATE venv (``python -m venv /tmp/eo-venv &&
+   /tmp/eo-venv/bin/pip install cryojax-eo``; it is not a cryosip dependency).
+2. Simulates an AdK data set like ``cryosip simulate`` (particles.mrcs/.star/truth.npz;
+   known poses and CTF in the STAR file).
+3. cryosip: :class:`cryosip.baselines.Reweighting` on the 98 frames of the path
+   (``x_f = f / 97``), likelihood with the known poses and noise level.
+4. cryojax-eo, in its own venv: reads the same STAR file with ``cryospax``, takes the same
+   98 frames (bead positions, amplitudes, variances = widths^2) as walkers, computes its
+   log-likelihood matrix (``MargGaussianWhiteLogLikelihoodFn``: per image-walker fitted
+   scale and offset, noise variance marginalised) and its weights
+   (``optimize_weights``: multiplicative gradient). It also runs its optimiser on cryosip's
+   matrix, and cryosip's EM runs on its matrix, which separates the likelihood model from
+   the optimiser.
+5. Scores every weight vector by W1 (``cryosip.metrics``) to the truth's reference sample,
+   beside the floor (W1 of the ``N`` true ``x`` to the same reference); writes
+   ``RUN/ensemble.npz`` (``positions``, ``weights``, ``method``) per method under ``--out``
+   so ``cryosip evaluate`` scores them like any run, and
+   ``benchmarks/results/cryojax_eo_side_by_side.json``.
+
+Run: ``.venv/bin/python benchmarks/cryojax_eo_side_by_side.py`` (about 5-10 min on 2 CPU
+cores at the defaults). If the install or cryojax-eo's API fails, the reason is printed and
+recorded in the JSON (``eo_status``) and cryosip's rows are still reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+EO_RUNNER = textwrap.dedent('''
+    """Runs inside the cryojax-eo venv: likelihood matrix and weights for the 98 frames."""
+    import sys, time, json
+    import numpy as np
+    import jax, jax.numpy as jnp
+    import cryojax_eo as cxeo
+    from cryospax import RelionParticleDataset, RelionParticleParameterFile
+
+    star, project, frames_npz, ours_npz, out_npz, batch = sys.argv[1:7]
+    frames = np.load(frames_npz)
+    walkers = jnp.asarray(frames["positions"])                 # (98, n_atoms, 3)
+    amps = jnp.asarray(frames["amplitudes"])[:, None]          # (n_atoms, 1)
+    variances = jnp.asarray(frames["widths"] ** 2)[:, None]    # (n_atoms, 1)
+    t0 = time.perf_counter()
+    dataset = RelionParticleDataset(
+        RelionParticleParameterFile(path_to_starfile=star), path_to_relion_project=project
+    )
+    loader = cxeo.dataset.create_dataloader(dataset, batch_size=int(batch))
+    fn = cxeo.ImagesToEnsembleLikelihoodFn(
+        cxeo.MargGaussianWhiteLogLikelihoodFn(amps, variances, data_sign="light-on-dark"),
+        n_walkers_in_parallel=1, n_images_in_parallel=int(batch),
+    )
+    loglik = np.asarray(fn.compute_full_log_likelihood_matrix(walkers, loader))
+    t1 = time.perf_counter()
+    weights = np.asarray(cxeo.optimize_weights(jnp.asarray(loglik), max_iter=5000, tol=1e-4))
+    t2 = time.perf_counter()
+    ours = np.load(ours_npz)["loglik"]
+    weights_on_ours = np.asarray(cxeo.optimize_weights(jnp.asarray(ours), max_iter=5000, tol=1e-4))
+    t3 = time.perf_counter()
+    np.savez(out_npz, loglik=loglik, weights=weights, weights_on_ours=weights_on_ours,
+             loglik_s=t1 - t0, optimize_s=t2 - t1, optimize_on_ours_s=t3 - t2,
+             version=cxeo.__version__)
+    print(json.dumps({"loglik_s": t1 - t0, "optimize_s": t2 - t1, "n_images": loglik.shape[0]}))
+''')
+
+
+def ensure_eo_venv(venv: Path) -> tuple[bool, str]:
+    """Create the venv and ``pip install cryojax-eo`` unless it imports already."""
+    py = venv / "bin" / "python"
+    check = [str(py), "-c", "import cryojax_eo, cryospax; print(cryojax_eo.__version__)"]
+    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        out = subprocess.run(check, capture_output=True, text=True).stdout.strip()
+        return True, f"cryojax-eo {out} already installed in {venv}"
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(venv / "bin" / "pip"), "install", "--quiet", "cryojax-eo"]]
+    for cmd in steps:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            return False, f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr[-2000:]}"
+    res = subprocess.run(check, capture_output=True, text=True)
+    if res.returncode != 0:
+        return False, f"cryojax-eo installed but does not import: {res.stderr[-2000:]}"
+    return True, f"installed cryojax-eo {res.stdout.strip()} into {venv}"
+
+
+def simulate(args, data: Path) -> dict:
+    """Write the simulate config and simulate (the library call behind ``cryosip simulate``)."""
+    from cryosip.datasets.config import load_simulate_config
+    from cryosip.datasets.simulate import simulate_dataset
+
+    model = {"name": "adk-path", "coarse": "residue"} if args.coarse else "adk-path"
+    config = {
+        "model": model,
+        "truth": [{"kind": "gaussian", "weight": 0.6, "mean": [0.3], "std": [0.08]},
+                  {"kind": "gaussian", "weight": 0.4, "mean": [0.72], "std": [0.06]}],
+        "n_images": args.n_images, "box_size": args.box,
+        "pixel_size_angstrom": args.pixel_size, "snr": args.snr, "seed": args.seed,
+    }
+    data.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path = data.parent / "simulate.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    simulate_dataset(load_simulate_config(cfg_path), data, force=True, progress=False)
+    return config
+
+
+def cryosip_side(data: Path):
+    """``(operator, model, observations, loglik, weights, timings)`` of cryosip's reweighting."""
+    import jax.numpy as jnp
+
+    from cryosip.baselines import Reweighting, log_likelihood_matrix, trajectory_support
+    from cryosip.datasets.config import load_simulate_config
+    from cryosip.datasets.simulate import build_operator
+    from cryosip.io.particles import read_particles
+    from cryosip.operators import Observations
+
+    truth = np.load(data / "truth.npz")
+    op = build_operator(load_simulate_config(data / "config.yaml"))
+    op = type(op)(op.model, op.image_config, op.optics, op.prior, float(truth["noise_std"]))
+    t0 = time.perf_counter()
+    stack = read_particles(data / "particles.star")
+    obs = Observations(jnp.asarray(stack.images[0 : len(stack)]), stack.nuisance)
+    support = trajectory_support(op.model)
+    t1 = time.perf_counter()
+    loglik = log_likelihood_matrix(op, obs, support)
+    t2 = time.perf_counter()
+    rw = Reweighting(support, max_iter=5000, tol=1e-9).fit_loglik(loglik)
+    t3 = time.perf_counter()
+    times = {"read_s": t1 - t0, "loglik_s": t2 - t1, "optimize_s": t3 - t2}
+    return op, obs, loglik, rw.weights_, times
+
+
+def export_frames(op, path: Path) -> np.ndarray:
+    """The 98 frames' atoms (as rendered by cryosip) for cryojax-eo; returns their ``x``."""
+    import jax.numpy as jnp
+
+    from cryosip.baselines import trajectory_support
+
+    xs = trajectory_support(op.model)
+    atoms = [op.model.structure_at(jnp.asarray(x)) for x in xs]
+    np.savez(path, positions=np.stack([np.asarray(a.positions_angstrom) for a in atoms]),
+             amplitudes=np.asarray(atoms[0].amplitudes),
+             widths=np.asarray(atoms[0].widths_angstrom), x=xs[:, 0])
+    return xs
+
+
+def run_eo(venv: Path, work: Path, data: Path, loglik: np.ndarray, batch: int):
+    """Run the runner in the eo venv; ``(result dict | None, status string)``."""
+    runner = work / "eo_runner.py"
+    runner.write_text(EO_RUNNER)
+    np.savez(work / "cryosip_loglik.npz", loglik=loglik)
+    cmd = [str(venv / "bin" / "python"), str(runner), str(data / "particles.star"), str(data),
+           str(work / "frames.npz"), str(work / "cryosip_loglik.npz"), str(work / "eo_out.npz"),
+           str(batch)]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    (work / "eo_runner.log").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
+    if res.returncode != 0:
+        return None, f"cryojax-eo runner failed ({res.returncode}): {res.stderr[-3000:]}"
+    out = dict(np.load(work / "eo_out.npz"))
+    out["wall_s"] = wall
+    return out, f"cryojax-eo {out['version']} ran (subprocess wall {wall:.1f} s)"
+
+
+def w1(xs: np.ndarray, weights: np.ndarray, reference: np.ndarray) -> float:
+    from cryosip.metrics import wasserstein_1d
+
+    return float(wasserstein_1d(xs, weights, reference, None))
+
+
+def write_run(out: Path, name: str, xs: np.ndarray, weights: np.ndarray) -> None:
+    """``out/name/ensemble.npz`` in the output contract of ``cryosip reconstruct``."""
+    (out / name).mkdir(parents=True, exist_ok=True)
+    np.savez(out / name / "ensemble.npz", positions=xs[:, None], weights=np.asarray(weights),
+             method=np.array(name))
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """How two log-likelihood matrices rank the frames: argmax agreement, mean |Δ argmax|."""
+    ia, ib = np.argmax(a, axis=1), np.argmax(b, axis=1)
+    return {"argmax_equal": float(np.mean(ia == ib)),
+            "mean_abs_frame_diff": float(np.mean(np.abs(ia - ib)))}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-images", type=int, default=1000)
+    p.add_argument("--snr", type=float, default=0.01)
+    p.add_argument("--box", type=int, default=32)
+    p.add_argument("--pixel-size", type=float, default=3.0)
+    p.add_argument("--all-atom", dest="coarse", action="store_false",
+                   help="all atoms (default: one bead per residue)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--venv", type=Path, default=Path("/tmp/eo-venv"))
+    p.add_argument("--out", type=Path, default=Path("/tmp/cryosip-eo-side-by-side"))
+    p.add_argument("--eo-batch", type=int, default=100, help="images per cryojax-eo batch")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work, data = args.out, args.out / "data"
+    t0 = time.perf_counter()
+    ok, install = ensure_eo_venv(args.venv)
+    install_s = time.perf_counter() - t0
+    print(f"[install {install_s:.0f} s] {install}")
+    config = simulate(args, data)
+    op, obs, loglik, w_ours, times = cryosip_side(data)
+    xs = export_frames(op, work / "frames.npz")[:, 0]
+    eo, status = run_eo(args.venv, work, data, loglik, args.eo_batch) if ok else (None, install)
+    print(f"[cryojax-eo] {status}")
+    truth = np.load(data / "truth.npz")
+    ref, x_true = truth["reference_x"].ravel(), truth["x"].ravel()
+    floor = w1(x_true, None, ref)
+    rows = [{"method": "cryosip reweight (EM)", "likelihood": "cryosip", "w1": w1(xs, w_ours, ref),
+             "wall_s": times["loglik_s"] + times["optimize_s"], **times}]
+    write_run(work, "cryosip_reweight", xs, w_ours)
+    if eo is not None:
+        from cryosip.baselines import Reweighting
+
+        t1 = time.perf_counter()
+        w_em_on_eo = Reweighting(xs, max_iter=5000, tol=1e-9).fit_loglik(eo["loglik"]).weights_
+        em_s = time.perf_counter() - t1
+        rows += [
+            {"method": "cryojax-eo (its likelihood + mult. gradient)", "likelihood": "cryojax-eo",
+             "w1": w1(xs, eo["weights"], ref), "wall_s": float(eo["loglik_s"] + eo["optimize_s"]),
+             "loglik_s": float(eo["loglik_s"]), "optimize_s": float(eo["optimize_s"])},
+            {"method": "cryojax-eo mult. gradient on cryosip likelihood", "likelihood": "cryosip",
+             "w1": w1(xs, eo["weights_on_ours"], ref),
+             "optimize_s": float(eo["optimize_on_ours_s"]),
+             "wall_s": times["loglik_s"] + float(eo["optimize_on_ours_s"])},
+            {"method": "cryosip EM on cryojax-eo likelihood", "likelihood": "cryojax-eo",
+             "w1": w1(xs, w_em_on_eo, ref), "optimize_s": em_s,
+             "wall_s": float(eo["loglik_s"]) + em_s},
+        ]
+        write_run(work, "cryojax_eo", xs, eo["weights"])
+        status += f"; likelihood agreement {agreement(loglik, eo['loglik'])}"
+    print(f"N = {len(obs)}, SNR = {float(truth['snr']):.4g}, K = {len(xs)} frames, "
+          f"floor (W1 of the N true x) = {floor:.4f}")
+    print(f"{'method':>48} {'W1':>8} {'wall_s':>8}")
+    for r in rows:
+        print(f"{r['method']:>48} {r['w1']:>8.4f} {r['wall_s']:>8.1f}")
+    RESULTS.mkdir(exist_ok=True)
+    result = {"config": config, "n_images": len(obs), "snr": float(truth["snr"]), "floor": floor,
+              "install": install, "install_s": install_s, "eo_status": status, "rows": rows}
+    (RESULTS / "cryojax_eo_side_by_side.json").write_text(json.dumps(result, indent=1))
+    print(f"status: {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
