@@ -85,9 +85,10 @@ def open_stack(path: str | os.PathLike, *, check_nan: bool = True) -> MrcStack:
     handle = mrcfile.mmap(path, mode="r")
     data = handle.data if handle.data.ndim == 3 else handle.data[None]
     if data.ndim != 3 or data.shape[1] != data.shape[2]:
+        shape = handle.data.shape
         handle.close()
         raise InputError(str(path), "shape", "a stack of square images (n, box, box)",
-                         f"shape {handle.data.shape}")
+                         f"shape {shape}")
     if check_nan:
         _check_finite(path, data, handle)
     return MrcStack(path, handle, data)
