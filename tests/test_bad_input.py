@@ -22,6 +22,9 @@ from cryosip.errors import InputError
 from cryosip.forward import ImageNuisance, Optics
 from cryosip.io import open_stack, read_particles, write_stack, write_star
 
+BASE = {"model": "hinge", "truth": [{"kind": "uniform", "low": [0.0], "high": [1.0]}],
+        "n_images": 4, "box_size": 16, "pixel_size_angstrom": 2.0, "snr": 1.0}
+
 
 def make_dataset(folder: Path, n: int = 6, n_rows: int | None = None) -> Path:
     write_stack(folder / "particles.mrcs", np.ones((n, 8, 8), np.float32), 2.0)
@@ -119,23 +122,23 @@ def test_wrong_dimension_and_missing_stack(tmp_path):
     one_line(err, "particles.star", "rlnImageName", "missing")
 
 
-def cli_available() -> bool:
-    from cryosip.cli.main import SUBCOMMANDS
+@pytest.fixture
+def cli_main(monkeypatch):
+    """``cryosip.cli.main.main``; subcommand modules of other engineers that are not in the
+    tree yet are left out of the dispatcher (the dispatcher itself is unchanged)."""
+    from cryosip.cli import main as cli
 
-    try:
-        for name in SUBCOMMANDS:
+    present = []
+    for name in cli.SUBCOMMANDS:
+        try:
             importlib.import_module(f"cryosip.cli.{name}")
-    except ModuleNotFoundError:
-        return False
-    return True
+            present.append(name)
+        except ModuleNotFoundError:
+            pass
+    monkeypatch.setattr(cli, "SUBCOMMANDS", tuple(present))
+    return cli.main
 
 
-BASE = {"model": "hinge", "truth": [{"kind": "uniform", "low": [0.0], "high": [1.0]}],
-        "n_images": 4, "box_size": 16, "pixel_size_angstrom": 2.0, "snr": 1.0}
-
-
-@pytest.mark.skipif(not cli_available(), reason="a subcommand module listed in cli/main.py "
-                    "is not in the tree yet")
 @pytest.mark.parametrize(("change", "field"), [
     ({"frobnicate": 1}, "field frobnicate"),
     ({"truth": [{"kind": "uniform", "low": [0.0], "high": [1.0], "mode": 2}]}, "truth.0.mode"),
@@ -143,8 +146,8 @@ BASE = {"model": "hinge", "truth": [{"kind": "uniform", "low": [0.0], "high": [1
     ({"model": "nothing"}, "field model"),
     ({"n_images": 0}, "field n_images"),
 ])
-def test_cli_bad_config(tmp_path, capsys, change, field):
-    from cryosip.cli.main import main
+def test_cli_bad_config(tmp_path, capsys, cli_main, change, field):
+    main = cli_main
 
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({**BASE, **change}))

@@ -150,21 +150,25 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def cli_available() -> bool:
-    from cryosip.cli.main import SUBCOMMANDS
+@pytest.fixture
+def cli_main(monkeypatch):
+    """``cryosip.cli.main.main``; subcommand modules of other engineers that are not in the
+    tree yet are left out of the dispatcher (the dispatcher itself is unchanged)."""
+    from cryosip.cli import main as cli
 
-    try:
-        for name in SUBCOMMANDS:
+    present = []
+    for name in cli.SUBCOMMANDS:
+        try:
             importlib.import_module(f"cryosip.cli.{name}")
-    except ModuleNotFoundError:
-        return False
-    return True
+            present.append(name)
+        except ModuleNotFoundError:
+            pass
+    monkeypatch.setattr(cli, "SUBCOMMANDS", tuple(present))
+    return cli.main
 
 
-@pytest.mark.skipif(not cli_available(), reason="a subcommand module listed in cli/main.py "
-                    "is not in the tree yet")
-def test_cli_simulate_in_process(tmp_path, capsys):
-    from cryosip.cli.main import main
+def test_cli_simulate_in_process(tmp_path, capsys, cli_main):
+    main = cli_main
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(TINY))
