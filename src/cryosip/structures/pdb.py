@@ -1,15 +1,15 @@
 """Write the structure of a conformation as a PDB file (gemmi).
 
 Atom, residue and chain names come from the model's ``topology`` when it has one (AdK
-and file-based models), else every bead is a carbon in its own ``BEA`` residue. The
-force-field histidine names (HSD, HSE...) are written as HIS. The
-B-factor column holds ``8 pi^2 s^2`` of each atom's width ``s`` and the occupancy is 1.
+and file-based models), else every bead is a carbon in its own ``BEA`` residue (HETATM
+records). Force-field histidine names (HSD, HSE...) are written as HIS. The B-factor
+column holds ``8 pi^2 s^2`` of each atom's width ``s`` and the occupancy is 1.
 
 >>> import tempfile, os, jax.numpy as jnp
 >>> from cryosip.structures.hinge import HingeModel
 >>> path = os.path.join(tempfile.mkdtemp(), "hinge.pdb")
 >>> write_pdb(HingeModel(), jnp.array([0.5]), path)
->>> sum(line.startswith("ATOM") for line in open(path))
+>>> sum(line.startswith(("ATOM", "HETATM")) for line in open(path))
 48
 """
 
