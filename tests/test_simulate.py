@@ -177,3 +177,14 @@ def test_cli_simulate_in_process(tmp_path, capsys, cli_main):
     assert "wrote 10 images" in capsys.readouterr().out
     assert (tmp_path / "d" / "particles.star").exists()
     assert main(["simulate", "--config", str(config), "--out", str(tmp_path / "d")]) == 2
+
+
+def test_two_dimensional_model(tmp_path):
+    """AdK domains (per-residue beads): x of shape (n, 2) inside the box, a 2-D reference."""
+    cfg = tiny(model={"name": "adk-domains", "coarse": "residue"}, n_images=4, batch_size=4,
+               truth=[{"kind": "gaussian", "mean": [0.2, 0.8], "std": [0.1, 0.1]}])
+    simulate_dataset(cfg, tmp_path / "d", progress=False)
+    truth = np.load(tmp_path / "d" / "truth.npz")
+    assert truth["x"].shape == (4, 2) and truth["reference_x"].shape[1] == 2
+    np.testing.assert_array_equal(truth["upper"], [1.0, 1.0])
+    assert np.isfinite(mrcfile.read(tmp_path / "d" / "particles.mrcs")).all()
