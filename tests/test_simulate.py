@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cryosip.datasets import (
+    TruthMixture,
     build_operator,
     load_simulate_config,
     parse_simulate_config,
@@ -86,6 +87,10 @@ def test_outputs_and_truth(dataset):
     np.testing.assert_allclose(truth["defocus_u_angstrom"] - truth["defocus_v_angstrom"], 500.0,
                                rtol=1e-4)
     assert [c["kind"] for c in json.loads(str(truth["truth_spec"]))] == ["gaussian", "beta"]
+    again = TruthMixture.from_npz(out / "truth.npz")
+    np.testing.assert_allclose(again.quantile(np.array([0.1, 0.5, 0.9])),
+                               TruthMixture(tiny().truth, [0.0], [1.0]).quantile(
+                                   np.array([0.1, 0.5, 0.9])), rtol=1e-12)
     stack = read_particles(out / "particles.star")
     assert (len(stack), stack.box_size, stack.pixel_size_angstrom) == (10, 16, 3.0)
     for key in ("euler_deg", "shift_angstrom", "defocus_u_angstrom", "astigmatism_angle_deg"):

@@ -72,10 +72,11 @@ def build_operator(config: SimulateConfig, base_dir: str | os.PathLike = ".") ->
     return CryoEMOperator(load_model(config.model, base_dir), image, optics, prior, 0.0)
 
 
-def _image_keys(seed: int, index: np.ndarray) -> jax.Array:
+@jax.jit
+def _image_keys(seed: int, index: jax.Array) -> jax.Array:
     """Per-image keys ``fold_in(key(seed), i)``, shape (n, 2) of split keys."""
     base = jax.random.key(seed)
-    return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(jnp.asarray(index))
+    return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(index)
 
 
 @eqx.filter_jit
@@ -145,7 +146,7 @@ def simulate_dataset(
     truth = TruthMixture(config.truth, np.asarray(op.model.lower), np.asarray(op.model.upper))
     rng = np.random.default_rng(config.seed)
     x = truth.sample(rng, config.n_images).astype(np.float32)
-    keys = _image_keys(config.seed, np.arange(config.n_images))
+    keys = _image_keys(config.seed, jnp.arange(config.n_images))
     nuisance = _nuisance(op.prior, keys[:, 0])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"

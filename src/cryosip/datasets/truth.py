@@ -137,6 +137,17 @@ class TruthMixture:
         """From plain mappings (``{kind: ..., weight: ..., ...}``), validated."""
         return cls(_COMPONENTS.validate_python(list(specs)), lower, upper)
 
+    @classmethod
+    def from_json(cls, spec_json: str, lower, upper) -> TruthMixture:
+        """From :meth:`spec_json` text (as stored in ``truth.npz``: ``truth_spec``)."""
+        return cls(_COMPONENTS.validate_json(spec_json), lower, upper)
+
+    @classmethod
+    def from_npz(cls, path) -> TruthMixture:
+        """The truth of a simulated data set (its ``truth.npz``)."""
+        with np.load(path) as data:
+            return cls.from_json(str(data["truth_spec"]), data["lower"], data["upper"])
+
     @property
     def dim(self) -> int:
         return int(self.lower.shape[0])
