@@ -145,6 +145,7 @@ def cli_main(monkeypatch):
     ({"optics": {"voltage": 300}}, "optics.voltage"),
     ({"model": "nothing"}, "field model"),
     ({"n_images": 0}, "field n_images"),
+    ({"truth": [{"kind": "beta", "a": [2.0, 2.0], "b": [2.0, 2.0]}]}, "field truth"),
 ])
 def test_cli_bad_config(tmp_path, capsys, cli_main, change, field):
     main = cli_main

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     result = simulate_dataset(
         config, args.out, force=args.force, progress=not args.no_progress,
         base_dir=Path(args.config).resolve().parent, argv=list(sys.argv),
+        source=str(args.config),
     )
     print(f"wrote {result.n_images} images to {result.out_dir} "
           f"(noise_std {result.noise_std:.4g}, snr {result.snr:.4g}, "

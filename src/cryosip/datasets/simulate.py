@@ -137,13 +137,21 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 def simulate_dataset(
     config: SimulateConfig, out_dir: str | os.PathLike, *, force: bool = False,
     progress: bool = True, base_dir: str | os.PathLike = ".", argv: list[str] | None = None,
+    source: str = "config",
 ) -> SimulationResult:
-    """Simulate and write a data set (module docstring); ``base_dir`` resolves model files."""
+    """Simulate and write a data set (module docstring); ``base_dir`` resolves model files,
+    ``source`` names the config in errors."""
     started, t0 = utc_now(), time.perf_counter()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)
     op = build_operator(config, base_dir)
-    truth = TruthMixture(config.truth, np.asarray(op.model.lower), np.asarray(op.model.upper))
+    try:
+        truth = TruthMixture(config.truth, np.asarray(op.model.lower),
+                             np.asarray(op.model.upper))
+    except ValueError as err:
+        raise InputError(source, "truth", f"components on the model's box "
+                         f"{np.asarray(op.model.lower).tolist()}..."
+                         f"{np.asarray(op.model.upper).tolist()}", str(err)) from None
     rng = np.random.default_rng(config.seed)
     x = truth.sample(rng, config.n_images).astype(np.float32)
     keys = _image_keys(config.seed, jnp.arange(config.n_images))
