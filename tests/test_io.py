@@ -165,3 +165,25 @@ def test_star_read_into_cryojax_gives_the_same_numbers(tmp_path):
                                             + arrays["defocus_v_angstrom"]), rtol=1e-6)
     np.testing.assert_allclose(astig, arrays["defocus_u_angstrom"]
                                - arrays["defocus_v_angstrom"], rtol=1e-5, atol=1e-2)
+
+
+def test_two_stacks_and_two_optics_groups(tmp_path):
+    """Rows from two stacks (1-based indices, any order) and two optics groups."""
+    rng = np.random.default_rng(4)
+    a, b = (rng.normal(size=(3, 8, 8)).astype(np.float32) for _ in range(2))
+    write_stack(tmp_path / "a.mrcs", a, 1.0)
+    (tmp_path / "sub").mkdir()
+    write_stack(tmp_path / "sub" / "b.mrcs", b, 1.0)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1, 2], "rlnVoltage": [300.0, 200.0],
+                           "rlnSphericalAberration": [2.7, 2.0],
+                           "rlnAmplitudeContrast": [0.1, 0.07],
+                           "rlnImagePixelSize": [1.0, 1.0], "rlnImageSize": [8, 8]})
+    names = ["000003@a.mrcs", "000001@sub/b.mrcs", "000001@a.mrcs", "000002@sub/b.mrcs"]
+    particles = pd.DataFrame({"rlnImageName": names, "rlnAngleRot": 0.0, "rlnAngleTilt": 0.0,
+                              "rlnAnglePsi": 0.0, "rlnDefocusU": 1e4,
+                              "rlnOpticsGroup": [1, 2, 1, 2]})
+    starfile.write({"optics": optics, "particles": particles}, tmp_path / "p.star")
+    stack = read_particles(tmp_path / "p.star", allow_subset=True)
+    np.testing.assert_array_equal(stack.images[:], np.stack([a[2], b[0], a[0], b[1]]))
+    assert [stack.optics[i].voltage_kv for i in stack.optics_index] == [300.0, 200.0] * 2
+    np.testing.assert_array_equal(stack.table.defocus_v_angstrom, 1e4)  # V defaults to U
