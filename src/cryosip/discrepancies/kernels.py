@@ -111,7 +111,7 @@ class EnergyKernel(AbstractKernel):
 def median_bandwidth(
     samples: Float[Array, "n_samples dim"], max_samples: int = 1000
 ) -> Float[Array, ""]:
-    """The median heuristic ``h = median_{i<j} |a_i - a_j|`` over the first ``max_samples``.
+    """Median heuristic ``h = sqrt(median_{i<j} |a_i - a_j|^2)`` over the first ``max_samples``.
 
     >>> import jax.numpy as jnp
     >>> float(median_bandwidth(jnp.array([[0.0], [1.0], [3.0]])))

@@ -20,8 +20,10 @@ class SolverConfig(BaseModel):
 
     ``max_displacement`` caps the largest particle drift per step, in units of ``x``
     (all particles share the reduced step, so it is a time-step rule, not a per-particle
-    clip). ``step_decay`` gives ``h_k = step_size / (1 + step_decay * k)``.
-    ``weight_rate > 0`` selects the Wasserstein-Fisher-Rao solver.
+    clip). ``step_decay`` divides the controlled step by ``1 + step_decay * k``.
+    ``weight_rate > 0`` selects the Wasserstein-Fisher-Rao solver (Fisher-Rao step per
+    iteration; resampling with jitter, in units of ``x``, when the effective sample size is
+    below ``resample_ess_fraction * n_particles``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -32,6 +34,8 @@ class SolverConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)
     weight_rate: float = Field(0.0, ge=0)
     max_log_weight_change: float = Field(1.0, gt=0)
+    resample_ess_fraction: float = Field(0.0, ge=0, le=1)
+    resample_jitter: float = Field(0.0, ge=0)
 
 
 class FlowConfig(BaseModel):

@@ -125,7 +125,7 @@ def full_gradient(
     Returns ``(grad_positions, grad_weights)``.
     """
     n = len(observations)
-    grad = eqx.filter_jit(jax.grad(objective, argnums=(0, 1)))
+    grad = jax.jit(lambda x, w, batch, k: jax.grad(objective, argnums=(0, 1))(x, w, batch, k))
     total = (jnp.zeros_like(positions), jnp.zeros_like(weights))
     for start in range(0, n, batch_size):
         index = jnp.arange(start, min(start + batch_size, n))

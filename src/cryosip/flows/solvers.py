@@ -6,7 +6,7 @@ temperature ``T``): with the particle velocity ``v_i = -grad_{x_i} D / w_i - gra
 (the scaling rule, :func:`cryosip.measures.particle_velocity`),
 
 .. math::  x_i \leftarrow \Pi\big(x_i + h\, v_i + \sqrt{2 T h}\, \xi_i\big),\qquad
-           h = \min\Big(\frac{h_0}{1 + c k},\ \frac{\delta_{\max}}{\max_j |v_j|}\Big),
+           h = \frac{1}{1 + c k}\min\Big(h_0,\ \frac{\delta_{\max}}{\max_j |v_j|}\Big),
 
 ``xi_i ~ N(0, I)`` (Euler-Maruyama for the Fokker-Planck term) and ``Pi`` the reflection or
 wrap of :class:`~cryosip.flows.domains.Domain`. Step-size control: the displacement cap
@@ -15,17 +15,23 @@ step (all particles keep their relative speeds, so it is a change of time variab
 distortion of the flow). It is needed because velocity scales differ by orders of
 magnitude between MMD and KL (KL velocities scale like ``1/sigma^2``) and along a run
 (a particle far from the data can move fast); a cap keeps particles from jumping over
-modes. The decay ``c`` (default 0) gives Robbins-Monro steps when minibatch noise should
-average out.
+modes. The decay ``c`` (default 0) shrinks the controlled step like ``1/k`` (Robbins-Monro)
+so that the noise of minibatches and nuisance draws averages out instead of leaving the
+particles jittering at the noise level.
 
 **Wasserstein-Fisher-Rao** (:class:`WassersteinFisherRao`): positions move as above; weights
 follow the Fisher-Rao (birth-death) flow with the first variation
 ``g_i = dD/dmu(x_i) = dD/dw_i`` (autodiff gradient with respect to weights),
 
-.. math::  \log w_i \leftarrow \log w_i - \tau_w h \big(g_i - \textstyle\sum_j w_j g_j\big),
+.. math::  \log w_i \leftarrow \log w_i - \tau_w \big(g_i - \textstyle\sum_j w_j g_j\big),
 
-clipped to ``max_log_weight_change`` per step and renormalised, so mass moves between
-separated modes without transport.
+clipped to ``max_log_weight_change`` per step and renormalised (optionally followed by
+systematic resampling with a small jitter when the effective sample size drops below a
+fraction of ``M``, so that heavy particles split and light ones are recycled), so mass moves between
+separated modes without transport. ``tau_w`` is the Fisher-Rao step per iteration, kept
+separate from the transport step ``h`` because ``h`` is shrunk by the displacement cap
+(a transport-stability rule that says nothing about the weights); its scale follows the
+scale of the first variation (``O(1)`` for KL, ``O(k(0))`` for MMD).
 
 >>> import jax, jax.numpy as jnp
 >>> from cryosip.measures import ParticleMeasure
@@ -99,9 +105,9 @@ class WassersteinFlow(eqx.Module):
         step_index: Int[Array, ""] | int,
     ) -> tuple[Float[Array, "n_particles dim"], Float[Array, ""]]:
         """One transport step with step-size control; returns ``(positions, h)``."""
-        h = self.step_size / (1.0 + self.step_decay * step_index)
         speed = jnp.max(jnp.linalg.norm(velocity, axis=1))
-        h = jnp.minimum(h, self.max_displacement / jnp.maximum(speed, 1e-30))
+        h = jnp.minimum(self.step_size, self.max_displacement / jnp.maximum(speed, 1e-30))
+        h = h / (1.0 + self.step_decay * step_index)
         new = positions + h * velocity
         if self.temperature > 0:
             noise = jax.random.normal(key, positions.shape, positions.dtype)
@@ -125,26 +131,45 @@ class WassersteinFisherRao(eqx.Module):
     transport: WassersteinFlow
     weight_rate: float
     max_log_weight_change: float = 1.0
+    resample_ess_fraction: float = 0.0
+    resample_jitter: float = 0.0
 
     def init(self, measure: ParticleMeasure) -> FlowState:
         return _init(measure)
 
-    def reweight(self, weights, first_variation, h):
-        """``log w_i -= tau h (g_i - sum_j w_j g_j)``, clipped, renormalised."""
+    def reweight(self, weights, first_variation):
+        """``log w_i -= tau (g_i - sum_j w_j g_j)``, clipped, renormalised."""
         centred = first_variation - jnp.sum(weights * first_variation)
-        change = jnp.clip(-self.weight_rate * h * centred, -self.max_log_weight_change,
+        change = jnp.clip(-self.weight_rate * centred, -self.max_log_weight_change,
                           self.max_log_weight_change)
         log_w = jnp.log(weights) + change
         return jax.nn.softmax(log_w)
 
+    def maybe_resample(self, positions, weights, key):
+        """Systematic resampling (plus ``N(0, jitter^2)`` so copies separate) when the
+        effective sample size ``1 / sum w^2`` falls below ``resample_ess_fraction * M``."""
+        n = weights.shape[0]
+        k_pick, k_jitter = jax.random.split(key)
+        resampled = ParticleMeasure(positions, weights).resample(k_pick).positions
+        resampled = resampled + self.resample_jitter * jax.random.normal(
+            k_jitter, positions.shape, positions.dtype
+        )
+        if self.transport.domain is not None:
+            resampled = self.transport.domain.project(resampled)
+        low = 1.0 / jnp.sum(weights**2) < self.resample_ess_fraction * n
+        uniform = jnp.full_like(weights, 1.0 / n)
+        return jnp.where(low, resampled, positions), jnp.where(low, uniform, weights)
+
     def step(self, state: FlowState, objective: Callable, batch, key, step_index):
-        k_obj, k_move = jax.random.split(key)
+        k_obj, k_move, k_resample = jax.random.split(key, 3)
         loss, (g_x, g_w) = jax.value_and_grad(objective, argnums=(0, 1))(
             state.positions, state.weights, batch, k_obj
         )
         velocity = self.transport.drift(state.positions, state.weights, g_x)
         positions, h = self.transport.move(state.positions, velocity, k_move, step_index)
-        weights = self.reweight(state.weights, g_w, h)
+        weights = self.reweight(state.weights, g_w)
+        if self.resample_ess_fraction > 0:
+            positions, weights = self.maybe_resample(positions, weights, k_resample)
         return FlowState(positions, weights, state.time + h), loss
 
 
@@ -158,4 +183,7 @@ def make_solver(
     )
     if config.weight_rate == 0:
         return transport
-    return WassersteinFisherRao(transport, config.weight_rate, config.max_log_weight_change)
+    return WassersteinFisherRao(
+        transport, config.weight_rate, config.max_log_weight_change,
+        config.resample_ess_fraction, config.resample_jitter,
+    )

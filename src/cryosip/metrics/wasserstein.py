@@ -1,0 +1,96 @@
+r"""Wasserstein distances between a recovered measure and the truth, and the sample floor.
+
+* 1-D, exact: ``W_p^p = int_0^1 |Q_P(t) - Q_Q(t)|^p dt`` with the (piecewise constant)
+  quantile functions of two weighted discrete measures, evaluated exactly on the merged
+  cumulative weights (:func:`wasserstein_1d`), or against a continuous truth given by its
+  quantile function on a midpoint grid of ``n_grid`` levels (:func:`wasserstein_1d_to_quantile`).
+* d-D, exact optimal transport (:func:`wasserstein_nd`): equal-size uniform samples by an
+  assignment (``scipy.optimize.linear_sum_assignment``), weighted ones by the transport
+  linear program (``scipy.optimize.linprog``, HiGHS; keep ``n*m`` below ~1e5).
+* The **finite-sample floor** (:func:`finite_sample_floor`): the mean distance between ``N``
+  i.i.d. true samples and the truth, computed by the same function as the recovered
+  measure's distance. A recovered measure cannot be expected to beat it from ``N`` data.
+
+>>> import numpy as np
+>>> wasserstein_1d(np.array([0.0, 1.0]), None, np.array([0.5]), None)
+0.5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import optimize, sparse
+
+__all__ = [
+    "finite_sample_floor",
+    "wasserstein_1d",
+    "wasserstein_1d_to_quantile",
+    "wasserstein_nd",
+]
+
+
+def _weights(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    w = np.full(len(x), 1.0 / len(x)) if w is None else np.asarray(w, float)
+    return w / w.sum()
+
+
+def _quantile_steps(x, w):
+    order = np.argsort(x)
+    return np.asarray(x, float)[order], np.cumsum(w[order])
+
+
+def wasserstein_1d(x, wx, y, wy, p: float = 1.0) -> float:
+    """Exact ``W_p`` between weighted 1-D samples ``x [n]``, ``y [m]`` (weights may be None)."""
+    x, y = np.ravel(x), np.ravel(y)
+    xs, cx = _quantile_steps(x, _weights(x, wx))
+    ys, cy = _quantile_steps(y, _weights(y, wy))
+    levels = np.unique(np.concatenate([cx, cy, [0.0]]).clip(0.0, 1.0))
+    mid = 0.5 * (levels[1:] + levels[:-1])
+    qx = xs[np.minimum(np.searchsorted(cx, mid), len(xs) - 1)]
+    qy = ys[np.minimum(np.searchsorted(cy, mid), len(ys) - 1)]
+    return float(np.sum(np.diff(levels) * np.abs(qx - qy) ** p) ** (1.0 / p))
+
+
+def wasserstein_1d_to_quantile(
+    x, wx, quantile: Callable[[np.ndarray], np.ndarray], p: float = 1.0, n_grid: int = 100_000
+) -> float:
+    """``W_p`` between weighted 1-D samples and a continuous law given by its quantile function."""
+    x = np.ravel(x)
+    xs, cx = _quantile_steps(x, _weights(x, wx))
+    t = (np.arange(n_grid) + 0.5) / n_grid
+    qx = xs[np.minimum(np.searchsorted(cx, t), len(xs) - 1)]
+    return float(np.mean(np.abs(qx - quantile(t)) ** p) ** (1.0 / p))
+
+
+def wasserstein_nd(x, wx, y, wy, p: float = 2.0) -> float:
+    """Exact ``W_p`` between weighted samples ``x [n, d]`` and ``y [m, d]`` (Euclidean cost)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    cost = np.linalg.norm(x[:, None, :] - y[None, :, :], axis=2) ** p
+    if len(x) == len(y) and wx is None and wy is None:
+        rows, cols = optimize.linear_sum_assignment(cost)
+        return float(np.mean(cost[rows, cols]) ** (1.0 / p))
+    a, b = _weights(x, wx), _weights(y, wy)
+    n, m = cost.shape
+    rows = sparse.kron(sparse.eye(n), np.ones((1, m)))
+    cols = sparse.kron(np.ones((1, n)), sparse.eye(m))
+    a_eq = sparse.vstack([rows, cols]).tocsr()
+    res = optimize.linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([a, b]),
+                           bounds=(0, None), method="highs")
+    if not res.success:
+        raise RuntimeError(f"optimal transport LP failed: {res.message}")
+    return float(res.fun ** (1.0 / p))
+
+
+def finite_sample_floor(
+    sample: Callable[[np.random.Generator, int], np.ndarray],
+    distance_to_truth: Callable[[np.ndarray], float],
+    n: int,
+    rng: np.random.Generator,
+    n_repeats: int = 10,
+) -> tuple[float, float]:
+    """Mean and standard deviation of ``distance_to_truth(sample(rng, n))`` over repeats."""
+    values = np.array([distance_to_truth(sample(rng, n)) for _ in range(n_repeats)])
+    return float(values.mean()), float(values.std(ddof=1) if n_repeats > 1 else 0.0)

@@ -1,0 +1,174 @@
+"""Run one toy problem end to end and measure the recovered measure against the truth.
+
+``run_toy(ToyRunConfig(...)) -> ToyRun``: builds the problem, the objective (MMD with a
+multi-bandwidth Gaussian kernel at ``median * (1/8, 1/4, 1/2, 1)`` of the observations, noise
+integrated out; or KL), the solver (Wasserstein, or Wasserstein-Fisher-Rao with
+``wfr=True``), runs :func:`cryosip.flows.run_flow` and reports W1/W2 to the truth (of the
+identifiable part: ``|x|`` for toy (c)) beside the finite-sample floor (the same distance
+for ``n_obs`` true samples, mean over repeats).
+
+Initialisations: ``"moments"`` places the particles at the quantiles of the Gaussian with
+the observations' mean and covariance (per axis); ``"wrong_mode"`` (toy a) puts 90% of the
+particles (and mass) in the minor mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from cryosip.discrepancies import MultiGaussianKernel, median_bandwidth
+from cryosip.flows import (
+    FlowConfig,
+    FlowResult,
+    KLObjective,
+    MMDObjective,
+    SolverConfig,
+    make_solver,
+    run_flow,
+)
+from cryosip.measures import ParticleMeasure
+from cryosip.metrics import (
+    finite_sample_floor,
+    wasserstein_1d_to_quantile,
+    wasserstein_nd,
+)
+from cryosip.problems.toys import ToyProblem, make_toy
+
+__all__ = ["ToyRun", "ToyRunConfig", "default_solver_config", "initial_measure", "run_toy"]
+
+
+class ToyRunConfig(BaseModel):
+    """One toy run; ``solver=None`` takes :func:`default_solver_config`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    problem: Literal["a", "b", "c"] = "a"
+    discrepancy: Literal["mmd", "kl"] = "mmd"
+    wfr: bool = False
+    n_obs: int = Field(5000, ge=2)
+    n_particles: int = Field(100, ge=2)
+    steps: int = Field(300, ge=1)
+    seed: int = 0
+    init: Literal["moments", "wrong_mode"] = "moments"
+    batch_size: int | None = Field(1000, ge=1)
+    n_draws: int = Field(8, ge=1)
+    floor_repeats: int = Field(10, ge=2)
+    solver: SolverConfig | None = None
+    progress: bool = False
+
+
+def default_solver_config(discrepancy: str, wfr: bool, steps: int) -> SolverConfig:
+    """Defaults chosen by measurement on toy (a) (docs/sip-core.md, benchmarks/toy_flows.py)."""
+    weight_rate = (0.1 if discrepancy == "mmd" else 0.3) if wfr else 0.0
+    return SolverConfig(
+        step_size=1.0,
+        max_displacement=0.05,
+        step_decay=4.0 / steps,
+        temperature=0.01 if discrepancy == "kl" else 0.0,
+        weight_rate=weight_rate,
+        resample_ess_fraction=0.5 if wfr else 0.0,
+        resample_jitter=0.05,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyRun:
+    """A finished toy run: W1/W2 of the recovered measure and their floors (mean, sd)."""
+
+    config: ToyRunConfig
+    problem: ToyProblem
+    result: FlowResult
+    w1: float
+    w2: float
+    w1_init: float
+    floor_w1: tuple[float, float]
+    floor_w2: tuple[float, float]
+
+    def summary(self) -> dict:
+        return {
+            "problem": self.config.problem, "discrepancy": self.config.discrepancy,
+            "wfr": self.config.wfr, "init": self.config.init, "status": self.result.status.value,
+            "w1": self.w1, "w2": self.w2, "w1_init": self.w1_init,
+            "floor_w1": self.floor_w1[0], "floor_w1_sd": self.floor_w1[1],
+            "floor_w2": self.floor_w2[0], "floor_w2_sd": self.floor_w2[1],
+            "steps": self.result.n_steps, "wall_s": self.result.timings["total_s"],
+        }
+
+
+def initial_measure(problem: ToyProblem, n_particles: int, init: str) -> ParticleMeasure:
+    """Particles at Gaussian quantiles matching the observations (``"moments"``), or 90% of
+    them in the minor mode of toy (a) (``"wrong_mode"``)."""
+    levels = (np.arange(n_particles) + 0.5) / n_particles
+    dim = problem.truth.dim
+    if init == "wrong_mode":
+        n_wrong = int(round(0.9 * n_particles))
+        minor, major = np.argsort(problem.truth.weights)[:2]
+        x = np.concatenate([
+            problem.truth.means[minor, 0] + problem.truth.stds[minor, 0]
+            * stats.norm.ppf((np.arange(n_wrong) + 0.5) / n_wrong),
+            problem.truth.means[major, 0] + problem.truth.stds[major, 0]
+            * stats.norm.ppf((np.arange(n_particles - n_wrong) + 0.5) / (n_particles - n_wrong)),
+        ])[:, None]
+    elif dim == 1:
+        y = np.asarray(problem.observations.values[:, 0])
+        x = (y.mean() + y.std() * stats.norm.ppf(levels))[:, None]
+    else:
+        rng = np.random.default_rng(0)
+        scale = np.sqrt(2.0) * np.std(np.asarray(problem.observations.values))
+        x = scale * rng.standard_normal((n_particles, dim))
+    x = problem.domain.project(jnp.asarray(x, jnp.float32))
+    return ParticleMeasure.uniform(x)
+
+
+def _objective(problem: ToyProblem, config: ToyRunConfig):
+    if config.discrepancy == "kl":
+        return KLObjective(problem.operator, n_draws=64)
+    h = float(median_bandwidth(problem.observations.values))
+    kernel = MultiGaussianKernel(h * jnp.array([0.125, 0.25, 0.5, 1.0]))
+    return MMDObjective(problem.operator, kernel, n_draws=config.n_draws)
+
+
+def _distances(problem: ToyProblem, positions, weights, rng) -> tuple[float, float]:
+    """(W1, W2) between the identifiable part of a measure and of the truth."""
+    x = problem.identifiable(np.asarray(positions))
+    if problem.truth.dim == 1:
+        ref = np.sort(problem.identifiable(problem.truth.sample(np.random.default_rng(123),
+                                                                 200_000))[:, 0])
+        quantile = lambda t: np.quantile(ref, t, method="inverted_cdf")
+        return (wasserstein_1d_to_quantile(x, weights, quantile, 1),
+                wasserstein_1d_to_quantile(x, weights, quantile, 2))
+    ref = problem.truth.sample(np.random.default_rng(123), 600)
+    return wasserstein_nd(x, weights, ref, None, 1), wasserstein_nd(x, weights, ref, None, 2)
+
+
+def _floor(problem, config, rng, which):
+    sample = lambda r, n: problem.truth.sample(r, n)
+    n = config.n_obs if problem.truth.dim == 1 else min(config.n_obs, 300)
+    dist = lambda s: _distances(problem, s, None, rng)[which]
+    return finite_sample_floor(sample, dist, n, rng, config.floor_repeats)
+
+
+def run_toy(config: ToyRunConfig) -> ToyRun:
+    """Run the flow on one toy problem and measure it (module docstring)."""
+    problem = make_toy(config.problem, config.n_obs, config.seed)
+    solver_cfg = config.solver or default_solver_config(
+        config.discrepancy, config.wfr, config.steps)
+    solver = make_solver(solver_cfg, problem.domain)
+    init = initial_measure(problem, config.n_particles, config.init)
+    flow_cfg = FlowConfig(max_steps=config.steps, batch_size=config.batch_size,
+                          history_every=max(1, config.steps // 30), progress=config.progress)
+    result = run_flow(solver, _objective(problem, config), init, problem.observations,
+                      jax.random.key(config.seed), flow_cfg)
+    rng = np.random.default_rng(config.seed + 1)
+    positions, weights = result.measure.to_numpy()
+    w1, w2 = _distances(problem, positions, weights, rng)
+    w1_init = _distances(problem, *init.to_numpy(), rng)[0]
+    return ToyRun(config, problem, result, w1, w2, w1_init,
+                  _floor(problem, config, rng, 0), _floor(problem, config, rng, 1))
