@@ -277,6 +277,18 @@ def test_grid_and_trajectory_support():
         trajectory_support(object())
 
 
+def test_trajectory_support_of_a_path_model_hits_its_frames():
+    from cryosip.structures.path import PathModel
+
+    frames = np.zeros((5, 2, 3))
+    frames[:, 1, 0] = np.arange(5.0) ** 2
+    model = PathModel.from_frames(frames, np.ones(2), np.ones(2), align=False)
+    xs = trajectory_support(model)
+    np.testing.assert_allclose(xs[:, 0], np.linspace(0, 1, 5))
+    got = [float(model.structure_at(jnp.asarray(x)).positions_angstrom[1, 0]) for x in xs]
+    np.testing.assert_allclose(got, np.arange(5.0) ** 2, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["reweight", "map", "gmm"])
 def test_fit_baseline_all_methods(method):
     rng = np.random.default_rng(8)
