@@ -16,6 +16,7 @@ from cryosip.forward import (
     add_noise,
     noise_std_for_snr,
     render_images,
+    window_pixels_for,
 )
 from cryosip.structures.base import AbstractConformationModel, Atoms
 
@@ -165,3 +166,25 @@ def test_gradient_through_conformation_matches_finite_differences(operator):
         target = jnp.asarray(np.random.default_rng(1).normal(size=(3, 24, 24)))
         loss = lambda x: jnp.sum(operator.clean_grid(x[None], w)[0] * target)
         _fd_check(loss, jnp.array([0.3]), jnp.array([1.0]))
+
+
+def test_projection_window_is_exact_when_safe():
+    cfg, atoms = ImageConfig(64, 1.5), random_atoms(n=30, scale=5.0)
+    window = window_pixels_for(atoms, cfg)
+    assert window < 64
+    w = NuisancePrior(astigmatism_angstrom=300.0, shift_std_angstrom=6.0).sample(
+        jax.random.key(4), 6
+    )
+    full = render_images(atoms, w, cfg, Optics())
+    windowed = render_images(atoms, w, cfg, Optics(), window)
+    np.testing.assert_allclose(windowed, full, atol=1e-5 * float(jnp.abs(full).max()))
+
+
+def test_operator_sizes_its_window_from_the_model(operator):
+    cfg = ImageConfig(40, 2.0)
+    auto = CryoEMOperator(operator.model, cfg, Optics(), operator.prior, 0.5)
+    assert auto.window_pixels is not None and auto.window_pixels < 40
+    full = CryoEMOperator(operator.model, cfg, Optics(), operator.prior, 0.5, None)
+    w = operator.sample_nuisance(jax.random.key(1), 3)
+    xs = jnp.array([[0.0], [1.0]])
+    np.testing.assert_allclose(auto.clean_grid(xs, w), full.clean_grid(xs, w), atol=1e-5)

@@ -13,7 +13,7 @@ from cryosip.forward.image_model import ImageModel, render_images, rotate_and_sh
 from cryosip.forward.noise import add_noise, noise_std_for_snr
 from cryosip.forward.operator import CryoEMOperator
 from cryosip.forward.pose import ImageNuisance, NuisancePrior
-from cryosip.forward.projector import GaussianProjector, axis_profiles
+from cryosip.forward.projector import GaussianProjector, axis_profiles, window_pixels_for
 from cryosip.forward.volume import backproject, map_correlation, render_volume
 
 __all__ = [
@@ -34,4 +34,5 @@ __all__ = [
     "render_images",
     "render_volume",
     "rotate_and_shift",
+    "window_pixels_for",
 ]

@@ -66,7 +66,16 @@ class ImageModel(eqx.Module):
 
 
 def render_images(
-    atoms: Atoms, nuisance: ImageNuisance, image_config: ImageConfig, optics: Optics
+    atoms: Atoms,
+    nuisance: ImageNuisance,
+    image_config: ImageConfig,
+    optics: Optics,
+    window_pixels: int | None = None,
 ) -> Float[Array, "n box box"]:
-    """Clean images of ``atoms`` under each of a batch of nuisances (CTF applied)."""
-    return ImageModel(image_config, optics).render_batch(atoms, nuisance)
+    """Clean images of ``atoms`` under each of a batch of nuisances (CTF applied).
+
+    ``window_pixels`` (static): projection window, see :mod:`cryosip.forward.projector`
+    (``None``: whole box; :func:`~cryosip.forward.projector.window_pixels_for` is safe).
+    """
+    projector = GaussianProjector(window_pixels=window_pixels)
+    return ImageModel(image_config, optics, projector).render_batch(atoms, nuisance)

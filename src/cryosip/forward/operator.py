@@ -3,7 +3,9 @@ r"""The cryo-EM random forward operator ``y = G(x, w) + sigma * eps``.
 ``x`` is a conformation (``model.structure_at(x)`` gives the atoms), ``w`` an
 :class:`ImageNuisance` drawn from the :class:`NuisancePrior`, ``G`` the clean image of
 :mod:`cryosip.forward.image_model`. The batched methods build the atoms once per ``x`` and
-render every nuisance from them (the hot path of the flows).
+render every nuisance from them (the hot path of the flows). The projection window
+(:mod:`cryosip.forward.projector`) is sized once, at construction, from the structures at
+the corners and centre of the conformation box, enlarged by ``window_margin`` (x1.15).
 
 >>> import jax, jax.numpy as jnp
 >>> from cryosip.structures.base import AbstractConformationModel, Atoms
@@ -22,13 +24,19 @@ render every nuisance from them (the hot path of the flows).
 
 from __future__ import annotations
 
+import itertools
+from typing import Literal
+
+import equinox as eqx
 import jax
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from cryosip.forward.config import ImageConfig
 from cryosip.forward.ctf import Optics
 from cryosip.forward.image_model import ImageModel
 from cryosip.forward.pose import ImageNuisance, NuisancePrior
+from cryosip.forward.projector import GaussianProjector, window_pixels_for
 from cryosip.operators import AbstractRandomOperator
 from cryosip.structures.base import AbstractConformationModel
 
@@ -43,6 +51,7 @@ class CryoEMOperator(AbstractRandomOperator):
     optics: Optics
     prior: NuisancePrior
     noise_std: float | Float[Array, ""]
+    window_pixels: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -51,13 +60,19 @@ class CryoEMOperator(AbstractRandomOperator):
         optics: Optics,
         prior: NuisancePrior,
         noise_std: float | Float[Array, ""],
+        window_pixels: int | None | Literal["auto"] = "auto",
+        window_margin: float = 1.15,
     ):
         self.model, self.image_config, self.optics = model, image_config, optics
         self.prior, self.noise_std = prior, noise_std
+        if window_pixels == "auto":
+            window_pixels = _auto_window(model, image_config, window_margin)
+        self.window_pixels = window_pixels
 
     @property
     def image_model(self) -> ImageModel:
-        return ImageModel(self.image_config, self.optics)
+        projector = GaussianProjector(window_pixels=self.window_pixels)
+        return ImageModel(self.image_config, self.optics, projector)
 
     def sample_nuisance(self, key: PRNGKeyArray, n_draws: int) -> ImageNuisance:
         return self.prior.sample(key, n_draws)
@@ -78,3 +93,12 @@ class CryoEMOperator(AbstractRandomOperator):
         """Particle ``b`` with nuisance ``b``."""
         render = self.image_model.render
         return jax.vmap(lambda x, w: render(self.model.structure_at(x), w))(xs, nuisance)
+
+
+def _auto_window(model: AbstractConformationModel, config: ImageConfig, margin: float) -> int:
+    """Largest safe window over the box corners and centre of ``X``, times ``margin``."""
+    lo, hi = np.asarray(model.lower, float), np.asarray(model.upper, float)
+    corners = itertools.product(*zip(lo, hi, strict=True)) if lo.size <= 6 else (lo, hi)
+    points = [np.array(c) for c in corners] + [0.5 * (lo + hi)]
+    sizes = [window_pixels_for(model.structure_at(jax.numpy.asarray(x)), config) for x in points]
+    return int(min(config.box_size, np.ceil(max(sizes) * margin)))

@@ -1,0 +1,237 @@
+"""Forward-model speed: cryosip vs cryojax on adenylate kinase, same run, same CPU.
+
+Images per second for AdK (first frame of the MDAnalysisTests DIMS trajectory; all 3341
+atoms, and one bead per residue at the CA positions: 214 beads), box 64 (2 Å pixels) and
+box 128 (1 Å pixels, the same 128 Å field), forward only and forward + gradient with
+respect to the atom positions, a batch of uniformly random poses with an astigmatic CTF.
+cryojax is timed with each projection method it offers for Gaussian atoms (dense on the
+full box, dense on a cropped plane ``shape=(W, W)``, and spreading with ``n_spread=5``);
+the ratio is taken against its fastest. Also: achieved GFLOP/s of cryosip's projection
+product vs a plain batched matmul of the same shape, and the relative L2 difference of
+the images (accuracy context).
+
+XLA:CPU's YNN fusions make the backward pass of the projection ~3x slower on this
+machine; by default the script disables them (``--xla-default`` keeps XLA's default).
+The flag is set for the whole process, so both libraries run under it.
+
+Run: ``.venv/bin/python benchmarks/forward_speed.py [--batch 16] [--quick]``
+Writes ``benchmarks/results/forward_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+if "--xla-default" not in sys.argv:
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="
+    ).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cryosip import conventions as cv  # noqa: E402
+from cryosip.forward import (  # noqa: E402
+    GaussianProjector,
+    ImageConfig,
+    ImageNuisance,
+    Optics,
+    render_images,
+    rotate_and_shift,
+    window_pixels_for,
+)
+from cryosip.rotations import sample_uniform_euler  # noqa: E402
+from cryosip.structures.base import Atoms  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "forward_speed.json"
+DEFOCUS_U, DEFOCUS_V, ANGLE = 15000.0, 14000.0, 30.0
+
+
+def load_adk() -> dict[str, Atoms]:
+    """AdK frame 0, centred: all atoms (s = 1 Å) and CA beads (s = 2.5 Å, amp = atoms/res)."""
+    import MDAnalysis as mda
+    from MDAnalysisTests.datafiles import DCD, PSF
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    u = mda.Universe(PSF, DCD)
+    pos = u.atoms.positions.astype(np.float32)
+    centre = pos.mean(0)
+    n = len(pos)
+    all_atoms = Atoms(jnp.asarray(pos - centre), jnp.ones(n), jnp.full(n, 1.0))
+    ca = u.select_atoms("name CA")
+    counts = np.array([len(r.atoms) for r in ca.residues], dtype=np.float32)
+    beads = Atoms(
+        jnp.asarray(ca.positions.astype(np.float32) - centre),
+        jnp.asarray(counts),
+        jnp.full(len(ca), 2.5),
+    )
+    return {f"all-atom ({n})": all_atoms, f"CA beads ({len(ca)})": beads}
+
+
+def interleaved_times(calls: dict, rounds: int) -> dict[str, float]:
+    """Minimum wall time of each ``fn(*args)`` in ``calls``; the calls are interleaved round
+    by round (after one warm-up each) so that load from other processes hits all alike."""
+    for fn, args in calls.values():
+        jax.block_until_ready(fn(*args))
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, (fn, args) in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def nuisances(batch: int) -> ImageNuisance:
+    euler = sample_uniform_euler(jax.random.key(0), batch)
+    return ImageNuisance.create(euler, None, DEFOCUS_U, DEFOCUS_V, ANGLE)
+
+
+def cryosip_fns(atoms: Atoms, cfg: ImageConfig, window: int):
+    def images(pos, w):
+        a = Atoms(pos, atoms.amplitudes, atoms.widths_angstrom)
+        return render_images(a, w, cfg, Optics(), window)
+
+    loss = lambda pos, w, target: jnp.sum(images(pos, w) * target)
+    return jax.jit(images), jax.jit(jax.value_and_grad(loss))
+
+
+def cryojax_fns(atoms: Atoms, box: int, pixel: float, integrator):
+    import cryojax.simulator as cxs
+
+    defocus, astig, angle = cv.relion_to_cryojax_ctf(DEFOCUS_U, DEFOCUS_V, ANGLE)
+    variances = atoms.widths_angstrom**2
+
+    def one(pos, euler):
+        phi, theta, psi = -euler[0], -euler[1], -euler[2]  # cv.relion_to_cryojax_euler
+        ctf = cxs.AstigmaticCTF(
+            defocus_in_angstroms=defocus, astigmatism_in_angstroms=astig, astigmatism_angle=angle
+        )
+        model = cxs.make_image_model(
+            cxs.GaussianMixtureVolume(pos, atoms.amplitudes, variances),
+            cxs.BasicImageConfig((box, box), pixel, 300.0),
+            cxs.EulerAnglePose(0.0, 0.0, phi, theta, psi),
+            cxs.ContrastTransferTheory(ctf, amplitude_contrast_ratio=0.1),
+            integrator,
+        )
+        return model.simulate()
+
+    images = lambda pos, w: jax.vmap(one, in_axes=(None, 0))(pos, w.euler_deg)
+    loss = lambda pos, w, target: jnp.sum(images(pos, w) * target)
+    return jax.jit(images), jax.jit(jax.value_and_grad(loss))
+
+
+def projection_calls(atoms, cfg, window, w) -> tuple[dict, float]:
+    """The projection alone (profiles + product) and a plain matmul of the same shape."""
+    proj = GaussianProjector(window_pixels=window)
+    amp, wid = atoms.amplitudes, atoms.widths_angstrom
+
+    def project(pos, w):
+        return jax.vmap(lambda v: proj.project(rotate_and_shift(pos, v), amp, wid, cfg))(w)
+
+    n, batch = atoms.n_atoms, w.euler_deg.shape[0]
+    a = jax.random.normal(jax.random.key(1), (batch, window, n))
+    b = jax.random.normal(jax.random.key(2), (batch, n, window))
+    calls = {
+        "projection": (jax.jit(project), (atoms.positions_angstrom, w)),
+        "matmul": (jax.jit(jnp.matmul), (a, b)),
+    }
+    return calls, 2.0 * window * window * n * batch
+
+
+def bench_case(name, atoms, box, pixel, batch, methods, rounds) -> dict:
+    import cryojax.simulator as cxs
+
+    cfg = ImageConfig(box, pixel)
+    window = window_pixels_for(atoms, cfg)
+    w = nuisances(batch)
+    target = jax.random.normal(jax.random.key(3), (batch, box, box))
+    pos = atoms.positions_angstrom
+    integrators = {
+        "dense": cxs.GaussianMixtureProjection(),
+        "dense-cropped": cxs.GaussianMixtureProjection(shape=(window, window)),
+        "spread5": cxs.GaussianMixtureProjection(n_spread=5),
+    }
+    fns = {"cryosip": cryosip_fns(atoms, cfg, window)}
+    fns.update({f"cryojax-{m}": cryojax_fns(atoms, box, pixel, integrators[m]) for m in methods})
+    ours = np.asarray(fns["cryosip"][0](pos, w))
+    calls = {}
+    for label, (fwd, grad) in fns.items():
+        calls[(label, "fwd_img_s")] = (fwd, (pos, w))
+        calls[(label, "grad_img_s")] = (grad, (pos, w, target))
+    proj_calls, flops = projection_calls(atoms, cfg, window, w)
+    calls.update(proj_calls)
+    times = interleaved_times(calls, rounds)
+    row = {"structure": name, "box": box, "pixel_angstrom": pixel, "window": window}
+    for label, (fwd, _) in fns.items():
+        row[label] = {key: batch / times[(label, key)] for key in ("fwd_img_s", "grad_img_s")}
+        if label != "cryosip":
+            ref = -np.asarray(fwd(pos, w))  # cryojax's CTF is -1 x RELION's
+            row[label]["rel_l2_vs_cryosip"] = float(
+                np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+            )
+    row["projection_gflops"] = flops / times["projection"] / 1e9
+    row["matmul_gflops"] = flops / times["matmul"] / 1e9
+    for key in ("fwd_img_s", "grad_img_s"):
+        cj = {k: v[key] for k, v in row.items() if k.startswith("cryojax-")}
+        row[f"ratio_{key}"] = row["cryosip"][key] / max(cj.values())
+        if "cryojax-dense" in cj:
+            row[f"ratio_{key}_vs_cryojax_default"] = row["cryosip"][key] / cj["cryojax-dense"]
+    return row
+
+
+def print_row(row: dict) -> None:
+    head = (
+        f"{row['structure']:>18} box {row['box']:>3} ({row['pixel_angstrom']} Å, W={row['window']})"
+    )
+    print(head)
+    for k, v in row.items():
+        if isinstance(v, dict):
+            extra = f"  relL2 {v['rel_l2_vs_cryosip']:.2e}" if "rel_l2_vs_cryosip" in v else ""
+            print(
+                f"    {k:>22}: fwd {v['fwd_img_s']:9.1f} img/s  fwd+grad {v['grad_img_s']:9.1f}"
+                f" img/s{extra}"
+            )
+    print(
+        f"    ratio vs fastest cryojax: fwd {row['ratio_fwd_img_s']:.2f}x, fwd+grad "
+        f"{row['ratio_grad_img_s']:.2f}x;  projection {row['projection_gflops']:.1f} GFLOP/s vs "
+        f"matmul {row['matmul_gflops']:.1f} GFLOP/s",
+        flush=True,
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16, help="images per call")
+    parser.add_argument("--quick", action="store_true", help="box 64 only, no dense cryojax")
+    parser.add_argument("--xla-default", action="store_true", help="keep XLA's YNN fusions")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    args = parser.parse_args(argv)
+    sizes = [(64, 2.0)] if args.quick else [(64, 2.0), (128, 1.0)]
+    methods = ["dense-cropped", "spread5"] if args.quick else ["dense", "dense-cropped", "spread5"]
+    rows = []
+    for name, atoms in load_adk().items():
+        for box, pixel in sizes:
+            rows.append(bench_case(name, atoms, box, pixel, args.batch, methods, args.rounds))
+            print_row(rows[-1])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "batch": args.batch,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+        "cpu_count": os.cpu_count(),
+    }
+    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
