@@ -17,7 +17,9 @@
    beside the floor (W1 of the ``N`` true ``x`` to the same reference); writes
    ``RUN/ensemble.npz`` (``positions``, ``weights``, ``method``) per method under ``--out``
    so ``cryosip evaluate`` scores them like any run, and
-   ``benchmarks/results/cryojax_eo_side_by_side.json``.
+   ``benchmarks/results/cryojax_eo_side_by_side.json``. ``--with-flow`` adds cryosip's flow
+   through ``cryosip.pipeline.fit_flow_for_benchmark(operator, observations, model, seed)``
+   when the pipeline provides it.
 
 Run: ``.venv/bin/python benchmarks/cryojax_eo_side_by_side.py`` (about 5-10 min on 2 CPU
 cores at the defaults). If the install or cryojax-eo's API fails, the reason is printed and
@@ -205,7 +207,23 @@ def parse_args(argv=None):
     p.add_argument("--venv", type=Path, default=Path("/tmp/eo-venv"))
     p.add_argument("--out", type=Path, default=Path("/tmp/cryosip-eo-side-by-side"))
     p.add_argument("--eo-batch", type=int, default=100, help="images per cryojax-eo batch")
+    p.add_argument("--with-flow", action="store_true", help="add the flow row (pipeline hook)")
+    p.add_argument("--name", default="cryojax_eo_side_by_side", help="results/<name>.json")
     return p.parse_args(argv)
+
+
+def flow_row(op, obs, ref, seed: int) -> dict | None:
+    """The flow's row, if ``cryosip.pipeline.fit_flow_for_benchmark`` exists (lead's hook)."""
+    try:
+        from cryosip.pipeline import fit_flow_for_benchmark
+    except ImportError:
+        print("--with-flow: cryosip.pipeline.fit_flow_for_benchmark not found; no flow row")
+        return None
+    t0 = time.perf_counter()
+    positions, weights = fit_flow_for_benchmark(op, obs, op.model, seed)
+    wall = time.perf_counter() - t0
+    return {"method": "cryosip flow", "likelihood": "cryosip",
+            "w1": w1(np.ravel(positions), np.asarray(weights), ref), "wall_s": wall}
 
 
 def main(argv=None) -> int:
@@ -246,6 +264,8 @@ def main(argv=None) -> int:
         ]
         write_run(work, "cryojax_eo", xs, eo["weights"])
         status += f"; likelihood agreement {agreement(loglik, eo['loglik'])}"
+    if args.with_flow and (row := flow_row(op, obs, ref, args.seed)) is not None:
+        rows.append(row)
     print(f"N = {len(obs)}, SNR = {float(truth['snr']):.4g}, K = {len(xs)} frames, "
           f"floor (W1 of the N true x) = {floor:.4f}")
     print(f"{'method':>48} {'W1':>8} {'wall_s':>8}")
@@ -254,7 +274,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(exist_ok=True)
     result = {"config": config, "n_images": len(obs), "snr": float(truth["snr"]), "floor": floor,
               "install": install, "install_s": install_s, "eo_status": status, "rows": rows}
-    (RESULTS / "cryojax_eo_side_by_side.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     print(f"status: {status}")
     return 0
 
