@@ -114,15 +114,23 @@ def coarse_grain_residues(
     widths_angstrom: Float[np.ndarray, " n_atoms"],
     topology: Topology,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Topology]:
-    """One bead per residue: ``(bead_frames, amplitudes, widths_angstrom, bead_topology)``."""
+    """One bead per residue: ``(bead_frames, amplitudes, widths_angstrom, bead_topology)``.
+
+    A bead sits at its residue's amplitude-weighted centroid (in every frame), carries the
+    residue's total amplitude and has the width that matches the residue's second moment,
+    ``s^2 = mean(s_atom^2) + msd/3`` about the centroid (moment matching: the bead's image
+    agrees with the residue's at low resolution). The topology keeps the CA's name.
+    """
     groups = _residue_groups(topology)
     names = topology.atom_names
-    centre = np.array([g[np.flatnonzero(names[g] == "CA")[0]] if np.any(names[g] == "CA")
-                       else g[0] for g in groups])
+    label = np.array([g[np.flatnonzero(names[g] == "CA")[0]] if np.any(names[g] == "CA")
+                      else g[0] for g in groups])
     amps = np.array([amplitudes[g].sum() for g in groups])
+    beads = np.stack([np.einsum("fac,a->fc", frames[:, g], amplitudes[g] / amplitudes[g].sum())
+                      for g in groups], axis=1)
     widths = np.empty(len(groups))
     for k, g in enumerate(groups):
-        d2 = np.sum((frames[0, g] - frames[0, centre[k]]) ** 2, axis=-1)
+        d2 = np.sum((frames[0, g] - beads[0, k]) ** 2, axis=-1)
         msd = np.sum(amplitudes[g] * d2) / max(amplitudes[g].sum(), 1e-12)
         widths[k] = np.sqrt(np.mean(widths_angstrom[g] ** 2) + msd / 3.0)
-    return frames[:, centre], amps, widths, topology.take(centre)
+    return beads, amps, widths, topology.take(label)
