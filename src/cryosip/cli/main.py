@@ -19,6 +19,7 @@ from cryosip.errors import InputError
 SUBCOMMANDS: tuple[str, ...] = (
     "toy",
     "simulate",
+    "reconstruct",
 )
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["cryosip", *(sys.argv[1:] if argv is None else argv)]
     try:
         return int(args._run(args) or 0)
     except InputError as err:

@@ -10,7 +10,7 @@ from cryosip.io.cryodrgn import (
     write_cryodrgn_ctf,
     write_cryodrgn_poses,
 )
-from cryosip.io.mrc import MrcStack, create_stack, open_stack, write_stack
+from cryosip.io.mrc import MrcStack, create_stack, open_stack, write_map, write_stack
 from cryosip.io.particles import ParticleImages, ParticleStack, read_particles
 from cryosip.io.star import ParticleTable, read_star, write_star
 
@@ -27,6 +27,7 @@ __all__ = [
     "read_star",
     "write_cryodrgn_ctf",
     "write_cryodrgn_poses",
+    "write_map",
     "write_stack",
     "write_star",
 ]

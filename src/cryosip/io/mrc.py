@@ -123,3 +123,12 @@ def create_stack(
     mrc.set_image_stack()
     mrc.voxel_size = pixel_size_angstrom
     return mrc
+
+
+def write_map(
+    path: str | os.PathLike, volume: Float[np.ndarray, "z y x"], voxel_size_angstrom: float
+) -> None:
+    """Write a density map ``volume[z, y, x]`` as float32 MRC with the voxel size set."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+        mrc.voxel_size = voxel_size_angstrom

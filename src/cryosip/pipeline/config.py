@@ -1,0 +1,54 @@
+"""Typed, frozen configuration of ``cryosip reconstruct`` (unknown keys are rejected).
+
+Defaults were chosen by measurement on the AdK path (``docs/tutorial.md`` has the runs):
+known poses, KL, 32 particles, 300 steps of minibatches of 128 images at a flow box of 32
+pixels (Fourier crop from 64), displacement cap 0.02 of the unit interval per step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ReconstructConfig"]
+
+
+class ReconstructConfig(BaseModel):
+    """Every number of a reconstruction; ``particles`` and ``model`` say what to fit.
+
+    ``step_size=None`` sets the time step from the first gradient so that the fastest
+    particle moves ``max_displacement`` (in units of ``x``) at step 0; ``step_decay``
+    then shrinks it as ``h_k = h_0 / (1 + step_decay * k)``. ``flow_box`` Fourier-crops
+    the images (and renders the model) at that box: faster, and the fine detail it drops
+    carries little signal at low SNR. ``mmd_bandwidth`` is relative: the Gaussian kernel
+    has ``h^2 = mmd_bandwidth * D * sigma^2`` (``D`` pixels, ``sigma`` the noise).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    particles: str
+    model: str | dict = "adk-path"
+    poses: Literal["known", "unknown"] = "known"
+    discrepancy: Literal["kl", "mmd"] = "kl"
+    n_particles: int = Field(32, ge=1)
+    steps: int = Field(300, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    max_displacement: float = Field(0.02, gt=0)
+    step_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    n_draws: int = Field(256, ge=1)
+    mmd_bandwidth: float = Field(1.0, gt=0)
+    wfr: bool = False
+    weight_rate: float = Field(1.0, gt=0)
+    flow_box: int | None = Field(32, ge=8)
+    heldout_fraction: float = Field(0.05, ge=0, lt=1)
+    noise_std: float | None = Field(None, gt=0)
+    contrast: float | None = None
+    offset: float | None = None
+    seed: int = 0
+    history_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    progress: bool = True

@@ -1,0 +1,177 @@
+r"""Particle data prepared for a flow: split, optional Fourier crop, scale and noise in model units.
+
+The observed images ``y = a G(x, w) + b + sigma eps`` are mapped to model units,
+``y' = (y - b) / a`` with noise ``sigma / |a|`` (:mod:`cryosip.pipeline.estimate`), after an
+optional **Fourier crop** from ``box`` to ``flow_box`` pixels (the pixel grows by
+``box / flow_box``; frequencies beyond the new Nyquist are dropped; white noise stays
+white). Values are divided by ``(box/flow_box)^2`` so a constant image keeps its value, and
+the model renders pixel averages at the coarser pixel, so the two agree.
+
+A fraction of the images is **held out** (never used by the flow) for the evaluation's
+image-space MMD; the split is a permutation from the run's seed.
+
+Images are read from the memory-mapped stack only when a minibatch asks for them
+(:meth:`PreparedData.observations`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cryosip.errors import InputError
+from cryosip.forward import CryoEMOperator, ImageConfig, ImageNuisance, NuisancePrior, Optics
+from cryosip.io import ParticleStack
+from cryosip.operators import Observations
+from cryosip.pipeline import estimate
+from cryosip.rotations import sample_uniform_euler
+from cryosip.structures.base import AbstractConformationModel
+
+__all__ = ["DataScale", "PreparedData", "fourier_crop", "prepare_data"]
+
+
+def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
+    """Crop the centred 2-D spectrum of ``images [n, box, box]`` to ``new_box``; mean kept.
+
+    >>> fourier_crop(np.ones((1, 8, 8)), 4).round(6).tolist() == np.ones((1, 4, 4)).tolist()
+    True
+    """
+    box = images.shape[-1]
+    if new_box == box:
+        return np.asarray(images, np.float32)
+    spec = np.fft.fftshift(np.fft.fft2(images), axes=(-2, -1))
+    lo = box // 2 - new_box // 2
+    spec = spec[..., lo:lo + new_box, lo:lo + new_box]
+    out = np.fft.ifft2(np.fft.ifftshift(spec, axes=(-2, -1))).real
+    return (out * (new_box / box) ** 2).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataScale:
+    """``y = contrast * G + offset + noise_std * eps`` (data units), as estimated or given."""
+
+    offset: float
+    contrast: float
+    noise_std: float
+    estimated: tuple[str, ...]
+
+    @property
+    def noise_std_model(self) -> float:
+        return self.noise_std / abs(self.contrast)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Everything the flow needs from a particle stack (module docstring)."""
+
+    stack: ParticleStack
+    train_index: np.ndarray
+    heldout_index: np.ndarray
+    flow_box: int
+    flow_pixel_size_angstrom: float
+    optics: Optics
+    scale: DataScale
+
+    @property
+    def image_config(self) -> ImageConfig:
+        return ImageConfig(self.flow_box, self.flow_pixel_size_angstrom)
+
+    def raw_images(self, index: np.ndarray) -> np.ndarray:
+        """Cropped images in data units (no scaling), in the order of ``index``."""
+        order = np.argsort(index)
+        images = np.empty((len(index), self.flow_box, self.flow_box), np.float32)
+        images[order] = fourier_crop(self.stack.images[np.asarray(index)[order]], self.flow_box)
+        return images
+
+    def observations(self, index: np.ndarray, with_nuisance: bool = True) -> Observations:
+        """Observations in model units for the images at ``index`` (read from the stack)."""
+        s = self.scale
+        values = (self.raw_images(index) - s.offset) / s.contrast
+        nuisance = self.stack.nuisance.take(jnp.asarray(index)) if with_nuisance else None
+        return Observations(jnp.asarray(values), nuisance)
+
+
+def _single_optics(stack: ParticleStack) -> Optics:
+    groups = set(np.unique(stack.optics_index).tolist())
+    if len(groups) > 1:
+        raise InputError(stack.path, "rlnOpticsGroup", "a single optics group",
+                         f"{len(groups)} groups; split the STAR file per optics group")
+    return stack.optics[0] if len(stack.optics) == 1 else stack.optics[groups.pop() - 1]
+
+
+def _split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    n_held = int(round(heldout_fraction * n)) if n > 1 else 0
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def _reference_images(operator: CryoEMOperator, nuisance: ImageNuisance,
+                      x_ref: jax.Array, chunk: int = 256) -> np.ndarray:
+    render = jax.jit(lambda w: operator.clean_grid(x_ref[None], w)[0])
+    parts = []
+    for start in range(0, len(nuisance), chunk):
+        parts.append(np.asarray(render(nuisance.take(jnp.arange(start, min(start + chunk,
+                                                                           len(nuisance)))))))
+    return np.concatenate(parts)
+
+
+def estimate_scale(data: PreparedData, model: AbstractConformationModel, known_poses: bool,
+                   n_images: int, seed: int, offset=None, contrast=None, noise_std=None,
+                   ) -> DataScale:
+    """Offset, contrast and noise of the training images (given values are kept)."""
+    rng = np.random.default_rng([seed, 104729])
+    index = np.sort(rng.choice(data.train_index, min(n_images, len(data.train_index)),
+                               replace=False))
+    images = data.raw_images(index)
+    mask = estimate.background_mask(data.flow_box)
+    b_hat, s_hat = estimate.background_stats(images, mask)
+    b = b_hat if offset is None else offset
+    s = s_hat if noise_std is None else noise_std
+    done = tuple(n for n, v in (("offset", offset), ("noise_std", noise_std)) if v is None)
+    if contrast is not None:
+        return DataScale(b, contrast, s, done)
+    op = CryoEMOperator(model, data.image_config, data.optics, NuisancePrior(), 1.0)
+    x_ref = 0.5 * (jnp.asarray(model.lower) + jnp.asarray(model.upper))
+    if known_poses:
+        ref = _reference_images(op, data.stack.nuisance.take(jnp.asarray(index)), x_ref)
+        a = estimate.contrast_least_squares(images, ref, b)
+    else:
+        w = _empirical_prior_draws(data, rng, len(index))
+        ref = _reference_images(op, w, x_ref)
+        a = estimate.contrast_from_power(images, ref, b, s, mask)
+    if not np.isfinite(a) or a == 0:
+        raise InputError(data.stack.path, "images", "a detectable particle signal",
+                         f"contrast estimate {a}; pass --contrast and --noise-std")
+    return DataScale(b, a, s, (*done, "contrast"))
+
+
+def _empirical_prior_draws(data: PreparedData, rng: np.random.Generator, n: int):
+    """Uniform poses, zero shifts, CTFs drawn from the data's own per-image CTF parameters."""
+    rows = jnp.asarray(rng.choice(data.train_index, n))
+    w = data.stack.nuisance.take(rows)
+    euler = sample_uniform_euler(jax.random.key(int(rng.integers(2**31))), n)
+    return eqx.tree_at(lambda v: (v.euler_deg, v.shift_angstrom), w,
+                       (euler, jnp.zeros_like(w.shift_angstrom)))
+
+
+def prepare_data(stack: ParticleStack, model: AbstractConformationModel, *, known_poses: bool,
+                 flow_box: int | None, heldout_fraction: float, seed: int,
+                 n_scale_images: int = 1000, offset=None, contrast=None, noise_std=None,
+                 ) -> PreparedData:
+    """Split, choose the flow's box and estimate the data scale (module docstring)."""
+    box = stack.box_size
+    flow_box = box if flow_box is None else flow_box
+    if flow_box > box or flow_box < 8 or flow_box % 2:
+        raise InputError(stack.path, "box", f"an even flow box in [8, {box}]",
+                         f"--flow-box {flow_box}")
+    train, held = _split(len(stack), heldout_fraction, seed)
+    pixel = stack.pixel_size_angstrom * box / flow_box
+    data = PreparedData(stack, train, held, flow_box, pixel, _single_optics(stack),
+                        DataScale(0.0, 1.0, 1.0, ()))
+    scale = estimate_scale(data, model, known_poses, n_scale_images, seed, offset, contrast,
+                           noise_std)
+    return dataclasses.replace(data, scale=scale)

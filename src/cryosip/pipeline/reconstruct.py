@@ -1,0 +1,144 @@
+"""``reconstruct(config, out_dir)``: particle images + conformation model -> recovered measure.
+
+The one entry function of the reconstruction. It reads the STAR file and its stack
+lazily, prepares the data (:mod:`cryosip.pipeline.data`: held-out split, Fourier crop,
+offset/contrast/noise in model units), builds the cryo-EM random operator, runs the
+particle flow (:func:`cryosip.flows.run_flow`) with atomic checkpoints in ``out_dir`` and
+writes the outputs (:mod:`cryosip.pipeline.outputs`).
+
+Known poses: the nuisance of every image (pose, shift, CTF) comes from the STAR file and
+the objective pairs particles with it (conditional MMD, or the likelihood
+``p(y_n | x, w_n)``). Unknown poses: poses are drawn from the uniform prior on SO(3) and
+CTFs from a uniform defocus range spanning the data's defoci (MMD: simulation;
+KL: importance sampling of ``p(y | x)`` with ``n_draws`` draws).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cryosip.discrepancies import GaussianKernel
+from cryosip.flows import (
+    Checkpointer,
+    Domain,
+    FlowConfig,
+    FlowResult,
+    KLObjective,
+    MMDObjective,
+    SolverConfig,
+    make_solver,
+)
+from cryosip.flows import run_flow as _run_flow
+from cryosip.forward import CryoEMOperator, NuisancePrior
+from cryosip.io import read_particles
+from cryosip.measures import ParticleMeasure
+from cryosip.pipeline.config import ReconstructConfig
+from cryosip.pipeline.data import PreparedData, prepare_data
+from cryosip.structures.factory import load_model
+
+__all__ = ["ReconstructResult", "build_operator", "initial_measure", "reconstruct"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructResult:
+    """The flow's result with the data it saw and the operator it used."""
+
+    config: ReconstructConfig
+    flow: FlowResult
+    data: PreparedData
+    operator: CryoEMOperator
+    model: object
+    wall_time_s: float
+
+
+def build_operator(data: PreparedData, model, known_poses: bool) -> CryoEMOperator:
+    """The cryo-EM operator in model units at the flow's box (module docstring for priors)."""
+    prior = NuisancePrior()
+    if not known_poses:
+        w = data.stack.nuisance
+        mean_defocus = 0.5 * (np.asarray(w.defocus_u_angstrom) + np.asarray(w.defocus_v_angstrom))
+        astig = float(np.mean(np.abs(np.asarray(w.defocus_u_angstrom)
+                                     - np.asarray(w.defocus_v_angstrom))))
+        prior = NuisancePrior((float(mean_defocus.min()), float(mean_defocus.max())), astig)
+    return CryoEMOperator(model, data.image_config, data.optics, prior,
+                          data.scale.noise_std_model)
+
+
+def initial_measure(model, n_particles: int, seed: int) -> ParticleMeasure:
+    """Uniform weights; 1-D: evenly spaced over the box; d-D: uniform random in the box."""
+    lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
+    if lower.size == 1:
+        u = (np.arange(n_particles)[:, None] + 0.5) / n_particles
+    else:
+        u = np.random.default_rng([seed, 31]).uniform(size=(n_particles, lower.size))
+    return ParticleMeasure.uniform(jnp.asarray(lower + u * (upper - lower), jnp.float32))
+
+
+def _objective(config: ReconstructConfig, operator: CryoEMOperator):
+    if config.discrepancy == "kl":
+        return KLObjective(operator, n_draws=config.n_draws)
+    n_pix = operator.image_config.box_size**2
+    h = float(np.sqrt(config.mmd_bandwidth * n_pix) * operator.noise_std)
+    n_draws = max(1, config.n_draws // config.n_particles)
+    return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws)
+
+
+def _auto_step(objective, measure, batch, key, max_displacement: float) -> float:
+    """``h_0`` such that the fastest particle moves ``max_displacement`` at step 0."""
+    grad = jax.jit(jax.grad(objective))(measure.positions, measure.weights, batch, key)
+    speed = float(jnp.max(jnp.linalg.norm(grad / measure.weights[:, None], axis=1)))
+    if not np.isfinite(speed) or speed == 0:
+        return 1.0
+    return max_displacement / speed
+
+
+def _solver(config, model, objective, measure, data, key):
+    domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
+                    tuple(model.periodic))
+    step = config.step_size
+    if step is None:
+        index = data.train_index[:config.batch_size]
+        batch = data.observations(index, with_nuisance=config.poses == "known")
+        step = _auto_step(objective, measure, batch, key, config.max_displacement)
+    solver_config = SolverConfig(
+        step_size=step, max_displacement=config.max_displacement,
+        step_decay=config.step_decay, temperature=config.temperature,
+        weight_rate=config.weight_rate if config.wfr else 0.0,
+    )
+    return make_solver(solver_config, domain), solver_config
+
+
+def reconstruct(config: ReconstructConfig, out_dir: str | Path,
+                resume: bool = False) -> ReconstructResult:
+    """Run the reconstruction of ``config`` with checkpoints in ``out_dir`` (module docstring)."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    known = config.poses == "known"
+    stack = read_particles(config.particles, require_poses=known)
+    model = load_model(config.model)
+    data = prepare_data(stack, model, known_poses=known, flow_box=config.flow_box,
+                        heldout_fraction=config.heldout_fraction, seed=config.seed,
+                        offset=config.offset, contrast=config.contrast,
+                        noise_std=config.noise_std)
+    operator = build_operator(data, model, known)
+    objective = _objective(config, operator)
+    measure = initial_measure(model, config.n_particles, config.seed)
+    key = jax.random.key(config.seed)
+    solver, _ = _solver(config, model, objective, measure, data, key)
+    observations = data.observations(data.train_index, with_nuisance=known)
+    every = config.history_every
+    flow_config = FlowConfig(
+        max_steps=config.steps, batch_size=min(config.batch_size, len(data.train_index)),
+        history_every=every, checkpoint_every=max(every, config.checkpoint_every // every * every),
+        progress=config.progress,
+    )
+    checkpointer = Checkpointer(out_dir / "checkpoint.npz")
+    flow = _run_flow(solver, objective, measure, observations, key, flow_config,
+                     checkpointer=checkpointer, resume=resume)
+    return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0)
