@@ -1,5 +1,6 @@
 """Forward model: projection closed forms, shift/rotation direction, operator, gradients."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,13 +94,15 @@ def test_render_images_is_batched_and_jittable():
 
 def test_prior_and_noise_do_not_depend_on_batch_size():
     prior = NuisancePrior(shift_std_angstrom=1.0, astigmatism_angstrom=300.0)
-    a, b = prior.sample(jax.random.key(1), 3), prior.sample(jax.random.key(1), 7).take(slice(3))
+    sample = jax.jit(prior.sample, static_argnums=1)
+    a, b = sample(jax.random.key(1), 3), sample(jax.random.key(1), 7).take(slice(3))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y)
     d = a.defocus_u_angstrom - a.defocus_v_angstrom
     np.testing.assert_allclose(d, 300.0, rtol=1e-5)
     imgs = jnp.zeros((7, 4, 4))
-    n3, n7 = add_noise(jax.random.key(2), imgs[:3], 1.0), add_noise(jax.random.key(2), imgs, 1.0)
+    noise = jax.jit(add_noise)
+    n3, n7 = noise(jax.random.key(2), imgs[:3], 1.0), noise(jax.random.key(2), imgs, 1.0)
     np.testing.assert_allclose(n3, n7[:3])
 
 
@@ -109,7 +112,7 @@ def test_noise_std_for_snr_definition():
     sigma = noise_std_for_snr(clean, 0.1)
     expected = np.sqrt(np.mean(np.var(np.asarray(clean).reshape(50, -1), axis=1)) / 0.1)
     np.testing.assert_allclose(sigma, expected, rtol=1e-5)
-    noisy = add_noise(jax.random.key(0), clean, sigma)
+    noisy = jax.jit(add_noise)(jax.random.key(0), clean, sigma)
     np.testing.assert_allclose(jnp.std(noisy - clean), sigma, rtol=0.02)
 
 
@@ -121,19 +124,21 @@ def operator():
 
 
 def test_operator_batched_methods_match_clean(operator):
-    w = operator.sample_nuisance(jax.random.key(0), 4)
+    w = eqx.filter_jit(operator.sample_nuisance)(jax.random.key(0), 4)
     xs = jnp.array([[0.1], [0.7], [0.4]])
-    grid = operator.clean_grid(xs, w)
+    grid = eqx.filter_jit(operator.clean_grid)(xs, w)
     assert grid.shape == (3, 4, 24, 24)
-    np.testing.assert_allclose(grid[2, 1], operator.clean(xs[2], w.take(1)), atol=1e-5)
-    paired = operator.clean_paired(xs, w.take(jnp.arange(3)))
+    one = eqx.filter_jit(operator.clean)(xs[2], w.take(1))
+    np.testing.assert_allclose(grid[2, 1], one, atol=1e-5)
+    paired = eqx.filter_jit(operator.clean_paired)(xs, w.take(jnp.arange(3)))
     np.testing.assert_allclose(paired[1], grid[1, 1], atol=1e-5)
-    y = operator.sample(jax.random.key(5), xs[0], w.take(0))
+    y = eqx.filter_jit(operator.sample)(jax.random.key(5), xs[0], w.take(0))
     np.testing.assert_allclose(jnp.std(y - grid[0, 0]), 0.5, rtol=0.25)
 
 
 def _fd_check(fun, x, direction, eps=1e-5, rtol=1e-6):
-    grad = jax.grad(fun)(x)
+    fun = jax.jit(fun)
+    grad = jax.jit(jax.grad(fun))(x)
     fd = (fun(x + eps * direction) - fun(x - eps * direction)) / (2 * eps)
     np.testing.assert_allclose(jnp.vdot(grad, direction), fd, rtol=rtol)
 
@@ -175,8 +180,9 @@ def test_projection_window_is_exact_when_safe():
     w = NuisancePrior(astigmatism_angstrom=300.0, shift_std_angstrom=6.0).sample(
         jax.random.key(4), 6
     )
-    full = render_images(atoms, w, cfg, Optics())
-    windowed = render_images(atoms, w, cfg, Optics(), window)
+    render = jax.jit(render_images, static_argnums=(2, 4))
+    full = render(atoms, w, cfg, Optics(), None)
+    windowed = render(atoms, w, cfg, Optics(), window)
     np.testing.assert_allclose(windowed, full, atol=1e-5 * float(jnp.abs(full).max()))
 
 
@@ -187,4 +193,5 @@ def test_operator_sizes_its_window_from_the_model(operator):
     full = CryoEMOperator(operator.model, cfg, Optics(), operator.prior, 0.5, None)
     w = operator.sample_nuisance(jax.random.key(1), 3)
     xs = jnp.array([[0.0], [1.0]])
-    np.testing.assert_allclose(auto.clean_grid(xs, w), full.clean_grid(xs, w), atol=1e-5)
+    grid = eqx.filter_jit(lambda op: op.clean_grid(xs, w))
+    np.testing.assert_allclose(grid(auto), grid(full), atol=1e-5)
