@@ -195,6 +195,24 @@ def test_marginal_likelihood_monte_carlo_matches_analytic():
         log_likelihood_matrix(op, obs, support)
 
 
+def test_unknown_nuisance_uses_the_operators_marginal_and_recovers_weights():
+    """RandomAffineOperator (gain and offset unknown) has its own quadrature marginal."""
+    from cryosip.problems.operators import RandomAffineOperator
+
+    op = RandomAffineOperator(noise_std=0.2)
+    rng = np.random.default_rng(9)
+    x = rng.choice([-1.0, 1.0], p=[0.3, 0.7], size=2000)
+    a = rng.uniform(op.gain_low, op.gain_high, 2000)
+    y = a * x + op.offset_std * rng.standard_normal(2000) + 0.2 * rng.standard_normal(2000)
+    obs = Observations(jnp.asarray(y[:, None]))
+    support = np.array([[-1.0], [0.0], [1.0]])
+    got = log_likelihood_matrix(op, obs, support, batch_size=300, key=jax.random.key(1))
+    direct = op.log_marginal_likelihood_grid(obs.values, jnp.asarray(support), None, 0)
+    np.testing.assert_allclose(got, np.asarray(direct), rtol=1e-5, atol=1e-5)
+    rw = Reweighting(support, random_state=0).fit(op, obs)
+    np.testing.assert_allclose(rw.weights_, [0.3, 0.0, 0.7], atol=0.03)
+
+
 # ---- per-image MAP: biased at low SNR, consistent at high SNR ----------------------------
 
 
