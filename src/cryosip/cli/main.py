@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "toy",
     "simulate",
     "reconstruct",
+    "evaluate",
 )
 
 
