@@ -9,6 +9,7 @@ import pytest
 
 from cryosip.forward import (
     ImageConfig,
+    ImageModel,
     ImageNuisance,
     NuisancePrior,
     Optics,
@@ -64,3 +65,18 @@ def test_render_volume_integrates_and_is_zyx_ordered():
     vol = np.asarray(render_volume(atoms, 24, 1.0))
     np.testing.assert_allclose(vol.sum(), 2.0, rtol=1e-3)
     assert np.unravel_index(vol.argmax(), vol.shape) == (12 - 4, 12, 12 + 6)
+
+
+def test_projection_of_the_map_is_the_image_at_identity_pose():
+    """Sum over z of the voxel-averaged map (times the voxel size) = the pixel-averaged
+    projection: the map and the projector share one convention."""
+    rng = np.random.default_rng(1)
+    atoms = Atoms(
+        jnp.asarray(rng.normal(size=(12, 3)) * 4.0),
+        jnp.asarray(rng.uniform(0.5, 2, 12)),
+        jnp.asarray(rng.uniform(1.0, 2.0, 12)),
+    )
+    vol = render_volume(atoms, 24, 1.5)
+    w = ImageNuisance.create(jnp.zeros((1, 3)))
+    img = ImageModel(ImageConfig(24, 1.5), apply_ctf=False).render_batch(atoms, w)[0]
+    np.testing.assert_allclose(vol.sum(0) * 1.5, img, atol=1e-4 * float(img.max()))

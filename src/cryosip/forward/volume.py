@@ -43,7 +43,9 @@ def render_volume(
     cfg = ImageConfig(box_size, pixel_size_angstrom)
     pos, w = atoms.positions_angstrom, atoms.widths_angstrom
     px, py, pz = (axis_profiles(pos[:, i], w, cfg) for i in range(3))
-    return jnp.einsum("zj,yj,xj->zyx", pz * atoms.amplitudes, py, px)
+    pz = pz * atoms.amplitudes
+    # one z-slice at a time: a (box x n_atoms) temporary instead of (box^2 x n_atoms)
+    return jax.lax.map(lambda row: (py * row) @ px.T, pz)
 
 
 def _filter_images(
