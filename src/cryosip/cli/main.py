@@ -21,6 +21,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "simulate",
     "reconstruct",
     "evaluate",
+    "demo",
 )
 
 

@@ -109,19 +109,29 @@ def _split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
 
+def _grid(model: AbstractConformationModel, n_per_axis: int) -> jax.Array:
+    """A regular grid of ``n_per_axis ** dim`` points (cell centres) in the model's box."""
+    lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
+    axes = [lo + (np.arange(n_per_axis) + 0.5) / n_per_axis * (hi - lo)
+            for lo, hi in zip(lower, upper, strict=True)]
+    mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    return jnp.asarray(mesh, jnp.float32)
+
+
 def _reference_images(operator: CryoEMOperator, nuisance: ImageNuisance,
-                      x_ref: jax.Array, chunk: int = 256) -> np.ndarray:
-    render = jax.jit(lambda w: operator.clean_grid(x_ref[None], w)[0])
+                      xs: jax.Array, chunk: int = 128) -> np.ndarray:
+    """``G(x_k, w_n)`` as ``[n, K, box, box]`` (numpy), rendered in chunks of images."""
+    render = eqx.filter_jit(lambda w: jnp.swapaxes(operator.clean_grid(xs, w), 0, 1))
     parts = []
     for start in range(0, len(nuisance), chunk):
-        parts.append(np.asarray(render(nuisance.take(jnp.arange(start, min(start + chunk,
-                                                                           len(nuisance)))))))
+        index = jnp.arange(start, min(start + chunk, len(nuisance)))
+        parts.append(np.asarray(render(nuisance.take(index))))
     return np.concatenate(parts)
 
 
 def estimate_scale(data: PreparedData, model: AbstractConformationModel, known_poses: bool,
                    n_images: int, seed: int, offset=None, contrast=None, noise_std=None,
-                   ) -> DataScale:
+                   n_grid: int = 12) -> DataScale:
     """Offset, contrast and noise of the training images (given values are kept)."""
     rng = np.random.default_rng([seed, 104729])
     index = np.sort(rng.choice(data.train_index, min(n_images, len(data.train_index)),
@@ -135,13 +145,14 @@ def estimate_scale(data: PreparedData, model: AbstractConformationModel, known_p
     if contrast is not None:
         return DataScale(b, contrast, s, done)
     op = CryoEMOperator(model, data.image_config, data.optics, NuisancePrior(), 1.0)
-    x_ref = 0.5 * (jnp.asarray(model.lower) + jnp.asarray(model.upper))
     if known_poses:
-        ref = _reference_images(op, data.stack.nuisance.take(jnp.asarray(index)), x_ref)
-        a = estimate.contrast_least_squares(images, ref, b)
+        grid = _grid(model, n_grid)
+        ref = _reference_images(op, data.stack.nuisance.take(jnp.asarray(index)), grid)
+        a, _ = estimate.contrast_mixture_em(images, ref, b, s)
     else:
+        x_ref = 0.5 * (jnp.asarray(model.lower) + jnp.asarray(model.upper))
         w = _empirical_prior_draws(data, rng, len(index))
-        ref = _reference_images(op, w, x_ref)
+        ref = _reference_images(op, w, x_ref[None])[:, 0]
         a = estimate.contrast_from_power(images, ref, b, s, mask)
     if not np.isfinite(a) or a == 0:
         raise InputError(data.stack.path, "images", "a detectable particle signal",
@@ -160,7 +171,7 @@ def _empirical_prior_draws(data: PreparedData, rng: np.random.Generator, n: int)
 
 def prepare_data(stack: ParticleStack, model: AbstractConformationModel, *, known_poses: bool,
                  flow_box: int | None, heldout_fraction: float, seed: int,
-                 n_scale_images: int = 1000, offset=None, contrast=None, noise_std=None,
+                 n_scale_images: int = 500, offset=None, contrast=None, noise_std=None,
                  ) -> PreparedData:
     """Split, choose the flow's box and estimate the data scale (module docstring)."""
     box = stack.box_size

@@ -60,3 +60,30 @@ def contrast_from_power(images: np.ndarray, model_images: np.ndarray, offset: fl
     magnitude = np.sqrt(max(excess, 0.0) / power)
     sign = np.sign(np.mean(y[:, ~mask]) * np.mean(g[:, ~mask])) or 1.0
     return float(sign * magnitude)
+
+
+def contrast_mixture_em(images: np.ndarray, model_images: np.ndarray, offset: float,
+                        noise_std: float, n_iter: int = 50) -> tuple[float, np.ndarray]:
+    r"""Joint maximum likelihood of the contrast ``a`` and grid weights ``pi_k`` (known poses).
+
+    ``model_images [n, K, box, box]`` are ``G(x_k, w_n)`` on a grid of ``K`` conformations.
+    The model ``y_n ~ sum_k pi_k N(a G_nk + b, sigma^2 I)`` is fitted by EM: responsibilities
+    ``gamma_nk``, then ``pi_k = mean_n gamma_nk`` and the weighted least squares
+    ``a = sum_nk gamma_nk <y_n - b, G_nk> / sum_nk gamma_nk |G_nk|^2``. Unlike a fit to one
+    reference conformation, it is not biased when the images vary with ``x``.
+    Returns ``(a, pi)``.
+    """
+    y = np.asarray(images, np.float64).reshape(len(images), -1) - offset
+    g = np.asarray(model_images, np.float64).reshape(*model_images.shape[:2], -1)
+    cross = np.einsum("np,nkp->nk", y, g)
+    power = np.einsum("nkp,nkp->nk", g, g)
+    a = float(np.sum(cross) / np.sum(power))
+    log_pi = np.full(g.shape[1], -np.log(g.shape[1]))
+    for _ in range(n_iter):
+        ll = (a * cross - 0.5 * a**2 * power) / noise_std**2 + log_pi
+        ll -= ll.max(axis=1, keepdims=True)
+        gamma = np.exp(ll)
+        gamma /= gamma.sum(axis=1, keepdims=True)
+        log_pi = np.log(np.maximum(gamma.mean(axis=0), 1e-300))
+        a = float(np.sum(gamma * cross) / np.sum(gamma * power))
+    return a, np.exp(log_pi)

@@ -119,6 +119,7 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     """Run the reconstruction of ``config`` with checkpoints in ``out_dir`` (module docstring)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     known = config.poses == "known"
     stack = read_particles(config.particles, require_poses=known)
     model = load_model(config.model)
