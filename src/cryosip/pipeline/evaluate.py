@@ -126,6 +126,21 @@ def _heldout_mmd(run_dir: Path, ens: dict, positions, weights, x_true) -> dict[s
     return out
 
 
+def _comparison_figure(run_dir: Path, positions, weights, truth_npz: Path) -> Path:
+    """``evaluation.png``: recovered density over the truth's (1-D) or beside it (2-D)."""
+    from cryosip import plotting
+
+    truth = TruthMixture.from_npz(truth_npz)
+    path = run_dir / "evaluation.png"
+    if positions.shape[1] == 1:
+        bounds = (float(truth.lower[0]), float(truth.upper[0]))
+        return plotting.plot_density_1d(path, positions, weights, bounds,
+                                        truth_density=lambda g: truth.density(g[:, None]))
+    sample = truth.sample(np.random.default_rng(0), 20000)
+    bounds = [(float(a), float(b)) for a, b in zip(truth.lower[:2], truth.upper[:2], strict=True)]
+    return plotting.plot_density_2d(path, positions[:, :2], weights, bounds, sample[:, :2])
+
+
 def evaluate_run(run_dir: str | Path, truth: str | Path | None = None,
                  heldout: bool = True) -> dict[str, Any]:
     """Scores of the run in ``run_dir`` (module docstring) as a JSON-ready dict."""
@@ -138,6 +153,7 @@ def evaluate_run(run_dir: str | Path, truth: str | Path | None = None,
     if truth is not None:
         result.update(distances_to_truth(positions, weights, Path(truth)))
         x_true = _load_npz(Path(truth), ("x",))["x"]
+        result["figure"] = str(_comparison_figure(run_dir, positions, weights, Path(truth)))
     prov_path = run_dir / "provenance.json"
     if prov_path.is_file():
         from cryosip.structures.factory import load_model
