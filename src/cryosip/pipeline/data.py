@@ -17,6 +17,7 @@ Images are read from the memory-mapped stack only when a minibatch asks for them
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import equinox as eqx
 import jax
@@ -31,7 +32,7 @@ from cryosip.pipeline import estimate
 from cryosip.rotations import sample_uniform_euler
 from cryosip.structures.base import AbstractConformationModel
 
-__all__ = ["DataScale", "PreparedData", "fourier_crop", "prepare_data"]
+__all__ = ["DataScale", "PreparedData", "StackSource", "fourier_crop", "prepare_data"]
 
 
 def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
@@ -87,12 +88,42 @@ class PreparedData:
         images[order] = fourier_crop(self.stack.images[np.asarray(index)[order]], self.flow_box)
         return images
 
+    @functools.cached_property
+    def _nuisance_numpy(self) -> ImageNuisance:
+        return jax.tree.map(np.asarray, self.stack.nuisance)
+
     def observations(self, index: np.ndarray, with_nuisance: bool = True) -> Observations:
         """Observations in model units for the images at ``index`` (read from the stack)."""
         s = self.scale
         values = (self.raw_images(index) - s.offset) / s.contrast
-        nuisance = self.stack.nuisance.take(jnp.asarray(index)) if with_nuisance else None
+        nuisance = None
+        if with_nuisance:
+            nuisance = jax.tree.map(lambda a: jnp.asarray(a[np.asarray(index)]),
+                                    self._nuisance_numpy)
         return Observations(jnp.asarray(values), nuisance)
+
+    def source(self, index: np.ndarray, with_nuisance: bool = True) -> StackSource:
+        """The images at ``index`` as a lazily read source of minibatches."""
+        return StackSource(self, np.asarray(index), with_nuisance)
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSource:
+    """Observations read from the memory-mapped stack only when a minibatch asks for them.
+
+    ``len(source)`` images; ``source.take(i)`` -> :class:`Observations` of rows
+    ``index[i]``. This is what the flow driver streams, so memory holds minibatches only.
+    """
+
+    data: PreparedData
+    index: np.ndarray
+    with_nuisance: bool = True
+
+    def __len__(self) -> int:
+        return int(len(self.index))
+
+    def take(self, rows) -> Observations:
+        return self.data.observations(self.index[np.asarray(rows)], self.with_nuisance)
 
 
 def _single_optics(stack: ParticleStack) -> Optics:
