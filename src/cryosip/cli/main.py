@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "reconstruct",
     "evaluate",
     "demo",
+    "baseline",
 )
 
 
