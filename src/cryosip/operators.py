@@ -64,7 +64,7 @@ class Observations(eqx.Module):
     leaves have leading axis ``n_obs``, aligned with ``values``.
     """
 
-    values: Float[Array, "n_obs *obs"]
+    values: Float[Array, " n_obs *obs"]
     nuisance: PyTree | None = None
 
     def __len__(self) -> int:
@@ -100,19 +100,19 @@ class AbstractRandomOperator(eqx.Module):
 
     def clean_grid(
         self, xs: Float[Array, "n_particles dim"], nuisance: PyTree
-    ) -> Float[Array, "n_particles n_draws *obs"]:
+    ) -> Float[Array, " n_particles n_draws *obs"]:
         """``G(x_i, w_b)`` for every particle ``i`` and every nuisance ``b`` (all pairs)."""
         per_x = lambda x: jax.vmap(lambda w: self.clean(x, w))(nuisance)
         return jax.vmap(per_x)(xs)
 
     def clean_paired(
         self, xs: Float[Array, "n_draws dim"], nuisance: PyTree
-    ) -> Float[Array, "n_draws *obs"]:
+    ) -> Float[Array, " n_draws *obs"]:
         """``G(x_b, w_b)``: particle ``b`` with nuisance ``b``."""
         return jax.vmap(self.clean)(xs, nuisance)
 
     def log_likelihood_grid(
-        self, ys: Float[Array, "n_obs *obs"], xs: Float[Array, "n_particles dim"], nuisance: PyTree
+        self, ys: Float[Array, " n_obs *obs"], xs: Float[Array, "n_particles dim"], nuisance: PyTree
     ) -> Float[Array, "n_obs n_particles"]:
         """``log p(y_n | x_i, w_n)`` with the nuisance ``w_n`` known per observation."""
         g = self.clean_grid(xs, nuisance)  # (n_particles, n_obs, *obs)
@@ -123,7 +123,7 @@ class AbstractRandomOperator(eqx.Module):
 
     def log_marginal_likelihood_grid(
         self,
-        ys: Float[Array, "n_obs *obs"],
+        ys: Float[Array, " n_obs *obs"],
         xs: Float[Array, "n_particles dim"],
         key: PRNGKeyArray,
         n_draws: int,

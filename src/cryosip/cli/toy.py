@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydantic
 
 from cryosip.errors import InputError
 from cryosip.provenance import atomic_savez, atomic_write_text, utc_now, write_provenance
@@ -48,8 +49,11 @@ def _configs(args):
         return [ToyRunConfig(problem=p, discrepancy=d, wfr=args.wfr, n_obs=args.n_obs,
                              n_particles=args.n_particles, steps=args.steps, seed=args.seed,
                              progress=sys.stderr.isatty()) for p, d in pairs]
-    except ValueError as err:
-        raise InputError("command line", None, "valid toy settings", str(err).splitlines()[0])
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else None
+        raise InputError("command line", option, first["msg"].lower(),
+                         repr(first.get("input"))) from None
 
 
 def _check_out(out: Path, force: bool) -> None:

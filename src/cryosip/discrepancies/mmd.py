@@ -120,9 +120,9 @@ def _check_estimator(estimator):
 
 
 def mmd2(
-    x: Float[Array, "n *feat"],
+    x: Float[Array, " n *feat"],
     wx: Float[Array, " n"],
-    y: Float[Array, "m *feat"],
+    y: Float[Array, " m *feat"],
     wy: Float[Array, " m"],
     kernel: AbstractKernel,
     estimator: str = "v",
@@ -138,9 +138,9 @@ def mmd2(
 
 
 def noise_marginalised_mmd2(
-    x_clean: Float[Array, "n *feat"],
+    x_clean: Float[Array, " n *feat"],
     wx: Float[Array, " n"],
-    y: Float[Array, "m *feat"],
+    y: Float[Array, " m *feat"],
     wy: Float[Array, " m"],
     kernel: AbstractKernel,
     noise_var: float | Float[Array, ""],
@@ -164,9 +164,9 @@ def noise_marginalised_mmd2(
 
 
 def conditional_mmd2(
-    sim: Float[Array, "n_particles batch *feat"],
+    sim: Float[Array, " n_particles batch *feat"],
     weights: Float[Array, " n_particles"],
-    obs: Float[Array, "batch *feat"],
+    obs: Float[Array, " batch *feat"],
     kernel: AbstractKernel,
     noise_var: float | Float[Array, ""] = 0.0,
     feature_map: FeatureMap | None = None,

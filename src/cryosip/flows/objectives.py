@@ -77,7 +77,8 @@ class MMDObjective(eqx.Module):
         w_obs = jnp.full((ys.shape[0],), 1.0 / ys.shape[0], ys.dtype)
         if self._exact_noise():
             var = self.operator.noise_std**2
-            return noise_marginalised_mmd2(clean, w_sim, ys, w_obs, self.kernel, var, self.estimator)
+            return noise_marginalised_mmd2(clean, w_sim, ys, w_obs, self.kernel, var,
+                                           self.estimator)
         sim = self._noisy(clean, k_noise)
         return mmd2(sim, w_sim, ys, w_obs, self.kernel, self.estimator, self.feature_map)
 
@@ -130,5 +131,6 @@ def full_gradient(
     for start in range(0, n, batch_size):
         index = jnp.arange(start, min(start + batch_size, n))
         g = grad(positions, weights, observations.take(index), key)
-        total = jax.tree.map(lambda a, b: a + b * (index.shape[0] / n), total, g)
+        fraction = index.shape[0] / n
+        total = jax.tree.map(lambda a, b, f=fraction: a + b * f, total, g)
     return total

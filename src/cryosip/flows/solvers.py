@@ -58,6 +58,10 @@ from cryosip.measures import ParticleMeasure, particle_velocity
 
 __all__ = ["FlowState", "WassersteinFisherRao", "WassersteinFlow", "make_solver"]
 
+#: Floor on log-weights in the Fisher-Rao step: a weight that underflows to 0 would make the
+#: velocity ``-grad/w`` undefined (0/0); ``e^-30 ~ 1e-13`` is mass no metric can see.
+MIN_LOG_WEIGHT = -30.0
+
 Potential = Callable[[Float[Array, " dim"]], Float[Array, ""]]
 
 
@@ -142,8 +146,8 @@ class WassersteinFisherRao(eqx.Module):
         centred = first_variation - jnp.sum(weights * first_variation)
         change = jnp.clip(-self.weight_rate * centred, -self.max_log_weight_change,
                           self.max_log_weight_change)
-        log_w = jnp.log(weights) + change
-        return jax.nn.softmax(log_w)
+        log_w = jax.nn.log_softmax(jnp.log(weights) + change)
+        return jax.nn.softmax(jnp.maximum(log_w, MIN_LOG_WEIGHT))
 
     def maybe_resample(self, positions, weights, key):
         """Systematic resampling (plus ``N(0, jitter^2)`` so copies separate) when the

@@ -5,7 +5,8 @@ multi-bandwidth Gaussian kernel at ``median * (1/8, 1/4, 1/2, 1)`` of the observ
 integrated out; or KL), the solver (Wasserstein, or Wasserstein-Fisher-Rao with
 ``wfr=True``), runs :func:`cryosip.flows.run_flow` and reports W1/W2 to the truth (of the
 identifiable part: ``|x|`` for toy (c)) beside the finite-sample floor (the same distance
-for ``n_obs`` true samples, mean over repeats).
+for ``n_obs`` true samples, mean over repeats; :func:`cryosip.metrics.finite_sample_floor`
+computes the same for any sampler).
 
 Initialisations: ``"moments"`` places the particles at the quantiles of the Gaussian with
 the observations' mean and covariance (per axis); ``"wrong_mode"`` (toy a) puts 90% of the
@@ -34,11 +35,7 @@ from cryosip.flows import (
     run_flow,
 )
 from cryosip.measures import ParticleMeasure
-from cryosip.metrics import (
-    finite_sample_floor,
-    wasserstein_1d_to_quantile,
-    wasserstein_nd,
-)
+from cryosip.metrics import wasserstein_1d_to_quantile, wasserstein_nd
 from cryosip.problems.toys import ToyProblem, make_toy
 
 __all__ = ["ToyRun", "ToyRunConfig", "default_solver_config", "initial_measure", "run_toy"]
@@ -59,7 +56,7 @@ class ToyRunConfig(BaseModel):
     init: Literal["moments", "wrong_mode"] = "moments"
     batch_size: int | None = Field(1000, ge=1)
     n_draws: int = Field(8, ge=1)
-    floor_repeats: int = Field(10, ge=2)
+    floor_repeats: int = Field(30, ge=2)
     solver: SolverConfig | None = None
     progress: bool = False
 
@@ -88,6 +85,7 @@ class ToyRun:
     w1: float
     w2: float
     w1_init: float
+    w2_init: float
     floor_w1: tuple[float, float]
     floor_w2: tuple[float, float]
 
@@ -95,7 +93,7 @@ class ToyRun:
         return {
             "problem": self.config.problem, "discrepancy": self.config.discrepancy,
             "wfr": self.config.wfr, "init": self.config.init, "status": self.result.status.value,
-            "w1": self.w1, "w2": self.w2, "w1_init": self.w1_init,
+            "w1": self.w1, "w2": self.w2, "w1_init": self.w1_init, "w2_init": self.w2_init,
             "floor_w1": self.floor_w1[0], "floor_w1_sd": self.floor_w1[1],
             "floor_w2": self.floor_w2[0], "floor_w2_sd": self.floor_w2[1],
             "steps": self.result.n_steps, "wall_s": self.result.timings["total_s"],
@@ -135,24 +133,47 @@ def _objective(problem: ToyProblem, config: ToyRunConfig):
     return MMDObjective(problem.operator, kernel, n_draws=config.n_draws)
 
 
-def _distances(problem: ToyProblem, positions, weights, rng) -> tuple[float, float]:
+def _reference(problem: ToyProblem) -> np.ndarray:
+    """The truth as a large sample of its identifiable part: 400 000 sorted values in 1-D
+    (its quantile function), 1000 points in d-D (exact OT by assignment)."""
+    rng = np.random.default_rng(123)
+    if problem.truth.dim == 1:
+        return np.sort(problem.identifiable(problem.truth.sample(rng, 400_000))[:, 0])
+    return problem.identifiable(problem.truth.sample(rng, 1000))
+
+
+def _distances(problem: ToyProblem, positions, weights, ref) -> tuple[float, float]:
     """(W1, W2) between the identifiable part of a measure and of the truth."""
     x = problem.identifiable(np.asarray(positions))
     if problem.truth.dim == 1:
-        ref = np.sort(problem.identifiable(problem.truth.sample(np.random.default_rng(123),
-                                                                 200_000))[:, 0])
-        quantile = lambda t: np.quantile(ref, t, method="inverted_cdf")
+        quantile = lambda t: ref[np.clip(np.ceil(t * ref.size).astype(int) - 1, 0, ref.size - 1)]
         return (wasserstein_1d_to_quantile(x, weights, quantile, 1),
                 wasserstein_1d_to_quantile(x, weights, quantile, 2))
-    ref = problem.truth.sample(np.random.default_rng(123), 600)
-    return wasserstein_nd(x, weights, ref, None, 1), wasserstein_nd(x, weights, ref, None, 2)
+    x = _equal_mass_copies(x, weights, ref.shape[0])
+    return wasserstein_nd(x, None, ref, None, 1), wasserstein_nd(x, None, ref, None, 2)
 
 
-def _floor(problem, config, rng, which):
-    sample = lambda r, n: problem.truth.sample(r, n)
-    n = config.n_obs if problem.truth.dim == 1 else min(config.n_obs, 300)
-    dist = lambda s: _distances(problem, s, None, rng)[which]
-    return finite_sample_floor(sample, dist, n, rng, config.floor_repeats)
+def _equal_mass_copies(x: np.ndarray, weights, n: int) -> np.ndarray:
+    """``n`` uniform points approximating ``sum_i w_i delta_{x_i}`` (largest-remainder
+    rounding of ``n w_i`` copies; error at most ``1/n`` of mass per particle), so d-D exact OT
+    is an assignment problem."""
+    w = np.full(len(x), 1.0 / len(x)) if weights is None else np.asarray(weights) / np.sum(weights)
+    counts = np.floor(n * w).astype(int)
+    rest = n - counts.sum()
+    counts[np.argsort(n * w - counts)[::-1][:rest]] += 1
+    return np.repeat(x, counts, axis=0)
+
+
+def _floors(problem, config, ref, rng):
+    """Mean and sd of (W1, W2) of ``n_obs`` true samples (d-D: ``min(n_obs, 1000)``, the
+    reference size, so the d-D floor is that of 1000 samples when ``n_obs`` is larger)."""
+    one_d = problem.truth.dim == 1
+    n = config.n_obs if one_d else min(config.n_obs, ref.shape[0])
+    repeats = config.floor_repeats if one_d else min(config.floor_repeats, 5)
+    values = np.array([_distances(problem, problem.truth.sample(rng, n), None, ref)
+                       for _ in range(repeats)])
+    return tuple((float(m), float(s)) for m, s in zip(values.mean(0), values.std(0, ddof=1),
+                                                       strict=True))
 
 
 def run_toy(config: ToyRunConfig) -> ToyRun:
@@ -166,9 +187,8 @@ def run_toy(config: ToyRunConfig) -> ToyRun:
                           history_every=max(1, config.steps // 30), progress=config.progress)
     result = run_flow(solver, _objective(problem, config), init, problem.observations,
                       jax.random.key(config.seed), flow_cfg)
-    rng = np.random.default_rng(config.seed + 1)
-    positions, weights = result.measure.to_numpy()
-    w1, w2 = _distances(problem, positions, weights, rng)
-    w1_init = _distances(problem, *init.to_numpy(), rng)[0]
-    return ToyRun(config, problem, result, w1, w2, w1_init,
-                  _floor(problem, config, rng, 0), _floor(problem, config, rng, 1))
+    ref = _reference(problem)
+    w1, w2 = _distances(problem, *result.measure.to_numpy(), ref)
+    w1_init, w2_init = _distances(problem, *init.to_numpy(), ref)
+    floor_w1, floor_w2 = _floors(problem, config, ref, np.random.default_rng(config.seed + 1))
+    return ToyRun(config, problem, result, w1, w2, w1_init, w2_init, floor_w1, floor_w2)
