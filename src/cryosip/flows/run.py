@@ -26,6 +26,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import equinox as eqx
 import jax
@@ -39,7 +40,7 @@ from cryosip.measures import ParticleMeasure
 from cryosip.operators import Observations
 from cryosip.provenance import atomic_savez
 
-__all__ = ["Checkpointer", "FlowResult", "FlowStatus", "run_flow"]
+__all__ = ["Checkpointer", "FlowResult", "FlowStatus", "ObservationSource", "run_flow"]
 
 
 class FlowStatus(enum.Enum):
@@ -107,21 +108,70 @@ class Checkpointer:
         return state, history
 
 
-def _minibatch(observations: Observations, key, batch_size: int | None) -> Observations:
-    n = len(observations)
+class ObservationSource(Protocol):
+    """Observations held outside the device (e.g. a memory-mapped stack), read per minibatch.
+
+    ``len(source)`` observations; ``source.take(rows)`` returns them as :class:`Observations`.
+    The driver reads only the minibatches of the current chunk, so memory holds
+    ``history_every * batch_size`` observations, never the data set.
+    """
+
+    def __len__(self) -> int: ...
+
+    def take(self, rows: np.ndarray) -> Observations: ...
+
+
+def _batch_rows(key, n: int, batch_size: int | None):
+    """Rows of the minibatch drawn with ``key`` (the same in memory and streamed)."""
     if batch_size is None or batch_size >= n:
-        return observations
-    return observations.take(jax.random.permutation(key, n)[:batch_size])
+        return None
+    return jax.random.permutation(key, n)[:batch_size]
+
+
+def _minibatch(observations: Observations, key, batch_size: int | None) -> Observations:
+    rows = _batch_rows(key, len(observations), batch_size)
+    return observations if rows is None else observations.take(rows)
+
+
+def _keys(key, step):
+    return jax.random.split(jax.random.fold_in(key, step))
 
 
 @eqx.filter_jit
 def _advance(solver, objective, observations, state, key, start, n_steps, batch_size):
     def body(state, step):
-        k_batch, k_step = jax.random.split(jax.random.fold_in(key, step))
+        k_batch, k_step = _keys(key, step)
         batch = _minibatch(observations, k_batch, batch_size)
         return solver.step(state, objective, batch, k_step, step)
 
     return jax.lax.scan(body, state, start + jnp.arange(n_steps))
+
+
+@eqx.filter_jit
+def _advance_batches(solver, objective, batches, state, key, start, n_steps):
+    def body(state, inputs):
+        step, batch = inputs
+        return solver.step(state, objective, batch, _keys(key, step)[1], step)
+
+    return jax.lax.scan(body, state, (start + jnp.arange(n_steps), batches))
+
+
+def _read_chunk(source: ObservationSource, key, start: int, n_steps: int,
+                batch_size: int | None) -> Observations:
+    """The chunk's minibatches, stacked along a leading step axis, read from ``source``."""
+    n, batches = len(source), []
+    for step in range(start, start + n_steps):
+        rows = _batch_rows(_keys(key, step)[0], n, batch_size)
+        batches.append(source.take(np.arange(n) if rows is None else np.asarray(rows)))
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
+
+
+def _chunk(solver, objective, observations, state, key, step, n, batch_size):
+    if isinstance(observations, Observations):
+        return _advance(solver, objective, observations, state, key, jnp.asarray(step), n,
+                        batch_size)
+    batches = _read_chunk(observations, key, step, n, batch_size)
+    return _advance_batches(solver, objective, batches, state, key, jnp.asarray(step), n)
 
 
 def _record(history, step, state):
@@ -148,7 +198,7 @@ def run_flow(
     solver,
     objective: Callable,
     measure: ParticleMeasure,
-    observations: Observations,
+    observations: Observations | ObservationSource,
     key: PRNGKeyArray,
     config: FlowConfig,
     callbacks: Sequence[Callable[[int, FlowState, np.ndarray], None]] = (),
@@ -156,6 +206,10 @@ def run_flow(
     resume: bool = False,
 ) -> FlowResult:
     """Run ``solver`` on ``objective`` from ``measure`` for up to ``config.max_steps`` steps.
+
+    ``observations`` are device arrays (:class:`Observations`) or an
+    :class:`ObservationSource` read chunk by chunk; both draw the same minibatches from the
+    same key, so the two give the same run.
 
     ``callbacks(step, state, chunk_losses)`` run after each chunk. With ``resume`` and an
     existing checkpoint file, the run continues from it (same key required).
@@ -173,8 +227,8 @@ def run_flow(
         while step < config.max_steps:
             n = min(config.history_every, config.max_steps - step)
             t0 = time.perf_counter()
-            state, losses = _advance(solver, objective, observations, state, key,
-                                     jnp.asarray(step), n, config.batch_size)
+            state, losses = _chunk(solver, objective, observations, state, key, step, n,
+                                   config.batch_size)
             losses = np.asarray(losses)
             chunk_times.append((time.perf_counter() - t0) / n)
             step += n

@@ -132,7 +132,7 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     measure = initial_measure(model, config.n_particles, config.seed)
     key = jax.random.key(config.seed)
     solver, _ = _solver(config, model, objective, measure, data, key)
-    observations = data.observations(data.train_index, with_nuisance=known)
+    observations = data.source(data.train_index, with_nuisance=known)
     every = config.history_every
     flow_config = FlowConfig(
         max_steps=config.steps, batch_size=min(config.batch_size, len(data.train_index)),
