@@ -1,8 +1,8 @@
 r"""Toy stochastic inverse problems with known truth.
 
 (a) :func:`bimodal_affine`: ``x ~ 0.35 N(-2, 0.4^2) + 0.65 N(1.5, 0.6^2)`` on ``[-5, 5]``,
-    ``y = a x + b + 0.2 eps`` with random gain ``a ~ U(0.8, 1.2)`` and offset
-    ``b ~ N(0, 0.2^2)`` (unknown by default, or known per observation).
+    ``y = a x + b + 0.1 eps`` with random gain ``a ~ U(0.9, 1.1)`` and offset
+    ``b ~ N(0, 0.1^2)`` (unknown by default, or known per observation).
 (b) :func:`projection_2d`: ``x`` from a three-component 2-D Gaussian mixture on
     ``[-4, 4]^2``, ``y = <x, u_n> + 0.2 eps`` with ``u_n`` a random unit direction KNOWN per
     observation. By Cramér-Wold the laws of all 1-D projections determine ``mu``, so the
@@ -17,7 +17,7 @@ Each returns a :class:`ToyProblem`.
 
 >>> p = bimodal_affine(100, seed=0)
 >>> p.observations.values.shape, p.operator.noise_std, p.truth.dim
-((100, 1), 0.2, 1)
+((100, 1), 0.1, 1)
 """
 
 from __future__ import annotations
