@@ -13,10 +13,10 @@
    (``optimize_weights``: multiplicative gradient). It also runs its optimiser on cryosip's
    matrix, and cryosip's EM runs on its matrix, which separates the likelihood model from
    the optimiser.
-5. Scores every weight vector by W1 (``cryosip.metrics``) to the truth's reference sample,
-   beside the floor (W1 of the ``N`` true ``x`` to the same reference); writes
-   ``RUN/ensemble.npz`` (``positions``, ``weights``, ``method``) per method under ``--out``
-   so ``cryosip evaluate`` scores them like any run, and
+5. Writes each weight vector as a run folder ``--out/<method>/ensemble.npz`` (``positions``,
+   ``weights``, ``method``) and scores it as ``cryosip evaluate --run ... --truth truth.npz
+   --no-heldout`` does: W1 to the truth law (``w1_to_truth``), W1 to the ``N`` true ``x``
+   of the images, and the finite-sample floor; writes
    ``benchmarks/results/cryojax_eo_side_by_side.json``. ``--with-flow`` adds cryosip's flow
    through ``cryosip.pipeline.fit_flow_for_benchmark(operator, observations, model, seed)``
    when the pipeline provides it.
@@ -175,17 +175,17 @@ def run_eo(venv: Path, work: Path, data: Path, loglik: np.ndarray, batch: int):
     return out, f"cryojax-eo {out['version']} ran (subprocess wall {wall:.1f} s)"
 
 
-def w1(xs: np.ndarray, weights: np.ndarray, reference: np.ndarray) -> float:
-    from cryosip.metrics import wasserstein_1d
+def score(out: Path, slug: str, xs: np.ndarray, weights: np.ndarray, truth: Path) -> dict:
+    """Write ``out/slug/ensemble.npz`` (the run contract) and score it as ``cryosip evaluate
+    --run out/slug --truth truth.npz --no-heldout`` does (``evaluate_run``)."""
+    from cryosip.pipeline.evaluate import evaluate_run
 
-    return float(wasserstein_1d(xs, weights, reference, None))
-
-
-def write_run(out: Path, name: str, xs: np.ndarray, weights: np.ndarray) -> None:
-    """``out/name/ensemble.npz`` in the output contract of ``cryosip reconstruct``."""
-    (out / name).mkdir(parents=True, exist_ok=True)
-    np.savez(out / name / "ensemble.npz", positions=xs[:, None], weights=np.asarray(weights),
-             method=np.array(name))
+    (out / slug).mkdir(parents=True, exist_ok=True)
+    np.savez(out / slug / "ensemble.npz", positions=np.asarray(xs, float).reshape(len(xs), -1),
+             weights=np.asarray(weights, float), method=np.array(slug))
+    res = evaluate_run(out / slug, truth, heldout=False)
+    return {"w1": res["w1_to_truth"], "w1_to_images_x": res["w1"], "floor": res["floor"],
+            "run": str(out / slug)}
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
@@ -212,8 +212,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def flow_row(op, obs, ref, seed: int) -> dict | None:
-    """The flow's row, if ``cryosip.pipeline.fit_flow_for_benchmark`` exists (lead's hook)."""
+def flow_row(op, obs, seed: int):
+    """``(positions, weights, wall_s)`` of the flow, if ``cryosip.pipeline`` has the hook."""
     try:
         from cryosip.pipeline import fit_flow_for_benchmark
     except ImportError:
@@ -221,9 +221,28 @@ def flow_row(op, obs, ref, seed: int) -> dict | None:
         return None
     t0 = time.perf_counter()
     positions, weights = fit_flow_for_benchmark(op, obs, op.model, seed)
-    wall = time.perf_counter() - t0
-    return {"method": "cryosip flow", "likelihood": "cryosip",
-            "w1": w1(np.ravel(positions), np.asarray(weights), ref), "wall_s": wall}
+    return np.asarray(positions), np.asarray(weights), time.perf_counter() - t0
+
+
+def eo_rows(eo: dict, xs: np.ndarray, times: dict) -> list[tuple[str, str, np.ndarray, dict]]:
+    """cryojax-eo's weights, its optimiser on cryosip's matrix, cryosip's EM on its matrix."""
+    from cryosip.baselines import Reweighting
+
+    t1 = time.perf_counter()
+    w_em_on_eo = Reweighting(xs, max_iter=5000, tol=1e-9).fit_loglik(eo["loglik"]).weights_
+    em_s = time.perf_counter() - t1
+    eo_ll, eo_opt, eo_on_ours = (float(eo[k]) for k in
+                                 ("loglik_s", "optimize_s", "optimize_on_ours_s"))
+    return [
+        ("cryojax-eo (its likelihood + mult. gradient)", "cryojax_eo", eo["weights"],
+         {"likelihood": "cryojax-eo", "loglik_s": eo_ll, "optimize_s": eo_opt,
+          "wall_s": eo_ll + eo_opt}),
+        ("cryojax-eo mult. gradient on cryosip likelihood", "eo_optimiser_on_cryosip_loglik",
+         eo["weights_on_ours"], {"likelihood": "cryosip", "optimize_s": eo_on_ours,
+                                 "wall_s": times["loglik_s"] + eo_on_ours}),
+        ("cryosip EM on cryojax-eo likelihood", "cryosip_em_on_eo_loglik", w_em_on_eo,
+         {"likelihood": "cryojax-eo", "optimize_s": em_s, "wall_s": eo_ll + em_s}),
+    ]
 
 
 def main(argv=None) -> int:
@@ -239,38 +258,27 @@ def main(argv=None) -> int:
     eo, status = run_eo(args.venv, work, data, loglik, args.eo_batch) if ok else (None, install)
     print(f"[cryojax-eo] {status}")
     truth = np.load(data / "truth.npz")
-    ref, x_true = truth["reference_x"].ravel(), truth["x"].ravel()
-    floor = w1(x_true, None, ref)
-    rows = [{"method": "cryosip reweight (EM)", "likelihood": "cryosip", "w1": w1(xs, w_ours, ref),
-             "wall_s": times["loglik_s"] + times["optimize_s"], **times}]
-    write_run(work, "cryosip_reweight", xs, w_ours)
+    entries = [("cryosip reweight (EM)", "cryosip_reweight", w_ours,
+                {"likelihood": "cryosip", "wall_s": times["loglik_s"] + times["optimize_s"],
+                 **times})]
     if eo is not None:
-        from cryosip.baselines import Reweighting
-
-        t1 = time.perf_counter()
-        w_em_on_eo = Reweighting(xs, max_iter=5000, tol=1e-9).fit_loglik(eo["loglik"]).weights_
-        em_s = time.perf_counter() - t1
-        rows += [
-            {"method": "cryojax-eo (its likelihood + mult. gradient)", "likelihood": "cryojax-eo",
-             "w1": w1(xs, eo["weights"], ref), "wall_s": float(eo["loglik_s"] + eo["optimize_s"]),
-             "loglik_s": float(eo["loglik_s"]), "optimize_s": float(eo["optimize_s"])},
-            {"method": "cryojax-eo mult. gradient on cryosip likelihood", "likelihood": "cryosip",
-             "w1": w1(xs, eo["weights_on_ours"], ref),
-             "optimize_s": float(eo["optimize_on_ours_s"]),
-             "wall_s": times["loglik_s"] + float(eo["optimize_on_ours_s"])},
-            {"method": "cryosip EM on cryojax-eo likelihood", "likelihood": "cryojax-eo",
-             "w1": w1(xs, w_em_on_eo, ref), "optimize_s": em_s,
-             "wall_s": float(eo["loglik_s"]) + em_s},
-        ]
-        write_run(work, "cryojax_eo", xs, eo["weights"])
+        entries += eo_rows(eo, xs, times)
         status += f"; likelihood agreement {agreement(loglik, eo['loglik'])}"
-    if args.with_flow and (row := flow_row(op, obs, ref, args.seed)) is not None:
-        rows.append(row)
+    positions = {}
+    if args.with_flow and (flow := flow_row(op, obs, args.seed)) is not None:
+        entries.append(("cryosip flow", "cryosip_flow", flow[1], {"wall_s": flow[2]}))
+        positions["cryosip_flow"] = flow[0]
+    rows = []
+    for name, slug, weights, extra in entries:
+        scores = score(work, slug, positions.get(slug, xs), weights, data / "truth.npz")
+        rows.append({"method": name, **scores, **extra})
+    floor = rows[0]["floor"]
     print(f"N = {len(obs)}, SNR = {float(truth['snr']):.4g}, K = {len(xs)} frames, "
-          f"floor (W1 of the N true x) = {floor:.4f}")
-    print(f"{'method':>48} {'W1':>8} {'wall_s':>8}")
+          f"floor (cryosip evaluate) = {floor:.4f}")
+    print(f"{'method':>48} {'W1':>8} {'W1 to x_n':>9} {'wall_s':>8}")
     for r in rows:
-        print(f"{r['method']:>48} {r['w1']:>8.4f} {r['wall_s']:>8.1f}")
+        print(f"{r['method']:>48} {r['w1']:>8.4f} {r['w1_to_images_x']:>9.4f} "
+              f"{r['wall_s']:>8.1f}")
     RESULTS.mkdir(exist_ok=True)
     result = {"config": config, "n_images": len(obs), "snr": float(truth["snr"]), "floor": floor,
               "install": install, "install_s": install_s, "eo_status": status, "rows": rows}
