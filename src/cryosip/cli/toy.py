@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "c: y=|x| (non-identifiable). Default: a with mmd and kl.")
     parser.add_argument("--discrepancy", choices=["mmd", "kl"], default=None,
                         help="default: mmd (both when --problem is not given)")
-    parser.add_argument("--wfr", action="store_true", help="Wasserstein-Fisher-Rao solver")
+    parser.add_argument("--wfr", action=argparse.BooleanOptionalAction, default=True,
+                        help="Wasserstein-Fisher-Rao solver (default on: on toy a, N=5000, it "
+                             "reaches W1 <= 2x the floor; plain Wasserstein 2.4x-4.2x)")
     parser.add_argument("--n-obs", type=int, default=5000)
     parser.add_argument("--n-particles", type=int, default=100)
     parser.add_argument("--steps", type=int, default=300)

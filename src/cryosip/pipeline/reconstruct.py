@@ -42,7 +42,8 @@ from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import PreparedData, prepare_data
 from cryosip.structures.factory import load_model
 
-__all__ = ["ReconstructResult", "build_operator", "initial_measure", "reconstruct"]
+__all__ = ["ReconstructResult", "build_operator", "fit_flow", "fit_flow_for_benchmark",
+           "initial_measure", "reconstruct"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,20 +99,49 @@ def _auto_step(objective, measure, batch, key, max_displacement: float) -> float
     return max_displacement / speed
 
 
-def _solver(config, model, objective, measure, data, key):
+def _solver(config, model, objective, measure, first_batch, key):
     domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
                     tuple(model.periodic))
     step = config.step_size
     if step is None:
-        index = data.train_index[:config.batch_size]
-        batch = data.observations(index, with_nuisance=config.poses == "known")
-        step = _auto_step(objective, measure, batch, key, config.max_displacement)
+        step = _auto_step(objective, measure, first_batch, key, config.max_displacement)
     solver_config = SolverConfig(
         step_size=step, max_displacement=config.max_displacement,
         step_decay=config.step_decay, temperature=config.temperature,
         weight_rate=config.weight_rate if config.wfr else 0.0,
     )
     return make_solver(solver_config, domain), solver_config
+
+
+def fit_flow(config: ReconstructConfig, operator, model, observations,
+             checkpointer: Checkpointer | None = None, resume: bool = False) -> FlowResult:
+    """The particle flow of ``config`` on any operator and observations (or a source).
+
+    ``observations`` is an :class:`~cryosip.operators.Observations` or anything with
+    ``len`` and ``take(rows)`` (a :class:`~cryosip.pipeline.data.StackSource`).
+    """
+    objective = _objective(config, operator)
+    measure = initial_measure(model, config.n_particles, config.seed)
+    key = jax.random.key(config.seed)
+    n = len(observations)
+    first = observations.take(np.arange(min(config.batch_size, n)))
+    solver, _ = _solver(config, model, objective, measure, first, key)
+    every = config.history_every
+    flow_config = FlowConfig(
+        max_steps=config.steps, batch_size=min(config.batch_size, n), history_every=every,
+        checkpoint_every=max(every, config.checkpoint_every // every * every),
+        progress=config.progress,
+    )
+    return _run_flow(solver, objective, measure, observations, key, flow_config,
+                     checkpointer=checkpointer, resume=resume)
+
+
+def fit_flow_for_benchmark(operator, observations, model, seed: int = 0,
+                           **options) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, weights)`` of the default flow (KL, WFR) for benchmarks."""
+    config = ReconstructConfig(particles="(in memory)", seed=seed, progress=False,
+                               **{"wfr": True, **options})
+    return fit_flow(config, operator, model, observations).measure.to_numpy()
 
 
 def reconstruct(config: ReconstructConfig, out_dir: str | Path,
@@ -128,18 +158,7 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
                         offset=config.offset, contrast=config.contrast,
                         noise_std=config.noise_std)
     operator = build_operator(data, model, known)
-    objective = _objective(config, operator)
-    measure = initial_measure(model, config.n_particles, config.seed)
-    key = jax.random.key(config.seed)
-    solver, _ = _solver(config, model, objective, measure, data, key)
-    observations = data.source(data.train_index, with_nuisance=known)
-    every = config.history_every
-    flow_config = FlowConfig(
-        max_steps=config.steps, batch_size=min(config.batch_size, len(data.train_index)),
-        history_every=every, checkpoint_every=max(every, config.checkpoint_every // every * every),
-        progress=config.progress,
-    )
-    checkpointer = Checkpointer(out_dir / "checkpoint.npz")
-    flow = _run_flow(solver, objective, measure, observations, key, flow_config,
-                     checkpointer=checkpointer, resume=resume)
+    source = data.source(data.train_index, with_nuisance=known)
+    flow = fit_flow(config, operator, model, source, Checkpointer(out_dir / "checkpoint.npz"),
+                    resume)
     return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0)
