@@ -152,3 +152,56 @@ def test_baseline_cli_writes_a_run_that_evaluate_scores(hinge_data, tmp_path, ca
     scores = json.loads(capsys.readouterr().out)
     # 86 training images of a bimodal hinge at SNR 0.5: the grid weights find both modes
     assert scores["w1"] < 0.1, scores
+
+
+def _copy_dataset(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in ("particles.star", "particles.mrcs"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst / "particles.star"
+
+
+def _corrupt_truncate(folder: Path) -> str:
+    data = (folder / "particles.mrcs").read_bytes()
+    (folder / "particles.mrcs").write_bytes(data[:-100])
+    return "particles.mrcs"
+
+
+def _corrupt_drop_column(folder: Path) -> str:
+    import starfile
+
+    blocks = starfile.read(folder / "particles.star")
+    blocks["particles"] = blocks["particles"].drop(columns=["rlnAngleTilt"])
+    starfile.write(blocks, folder / "particles.star")
+    return "rlnAngleTilt"
+
+
+def _corrupt_rows(folder: Path) -> str:
+    import starfile
+
+    blocks = starfile.read(folder / "particles.star")
+    blocks["particles"] = blocks["particles"].iloc[:-3]
+    starfile.write(blocks, folder / "particles.star")
+    return "rlnImageName"
+
+
+def _corrupt_nan(folder: Path) -> str:
+    with mrcfile.open(folder / "particles.mrcs", mode="r+") as m:
+        m.data[2, 3, 4] = np.nan
+    return "particles.mrcs"
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_drop_column, _corrupt_rows,
+                                     _corrupt_nan])
+def test_reconstruct_rejects_bad_particles_and_writes_nothing(hinge_data, tmp_path, capsys,
+                                                              corrupt):
+    star = _copy_dataset(hinge_data, tmp_path / "data")
+    named = corrupt(star.parent)
+    before = {p.name: p.read_bytes() for p in star.parent.iterdir()}
+    out = tmp_path / "run"
+    assert main(["reconstruct", "--particles", str(star), "--model", "hinge", "--out", str(out),
+                 "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert not out.exists()
+    assert {p.name: p.read_bytes() for p in star.parent.iterdir()} == before

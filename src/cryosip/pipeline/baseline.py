@@ -32,7 +32,6 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
     """Fit ``method`` to the stack of ``data_config`` and write the run folder."""
     started = utc_now()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     known = data_config.poses == "known"
     model = load_model(data_config.model)
     data = prepare_data(read_particles(data_config.particles, require_poses=known), model,
@@ -40,6 +39,7 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
                         heldout_fraction=data_config.heldout_fraction, seed=data_config.seed,
                         offset=data_config.offset, contrast=data_config.contrast,
                         noise_std=data_config.noise_std)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
     operator = build_operator(data, model, known)
     observations = data.observations(data.train_index, with_nuisance=known)
     result = fit_baseline(method, operator, observations, baseline, model=model)

@@ -149,7 +149,6 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     """Run the reconstruction of ``config`` with checkpoints in ``out_dir`` (module docstring)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     known = config.poses == "known"
     stack = read_particles(config.particles, require_poses=known)
     model = load_model(config.model)
@@ -157,6 +156,7 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
                         heldout_fraction=config.heldout_fraction, seed=config.seed,
                         offset=config.offset, contrast=config.contrast,
                         noise_std=config.noise_std)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
     operator = build_operator(data, model, known)
     source = data.source(data.train_index, with_nuisance=known)
     flow = fit_flow(config, operator, model, source, Checkpointer(out_dir / "checkpoint.npz"),

@@ -81,7 +81,6 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     """Reconstruct into ``out_dir`` and write all outputs (module docstring)."""
     started = utc_now()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = reconstruct(config, out_dir, resume=resume)
     positions, weights = result.flow.measure.to_numpy()
     history = _history(result)
