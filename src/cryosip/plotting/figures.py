@@ -96,20 +96,36 @@ def plot_free_energy(path: str | Path, positions: np.ndarray, weights: np.ndarra
     return _save(fig, path)
 
 
+def weighted_kde_2d(points: np.ndarray, weights: np.ndarray | None, gx: np.ndarray,
+                    gy: np.ndarray, bandwidth: tuple[float, float]) -> np.ndarray:
+    """Product-Gaussian weighted KDE of ``points [n, 2]`` on the grid ``gy x gx`` -> [ny, nx]."""
+    w = np.full(len(points), 1.0 / len(points)) if weights is None else np.asarray(weights)
+    kx = np.exp(-0.5 * ((gx[:, None] - points[None, :, 0]) / bandwidth[0]) ** 2)
+    ky = np.exp(-0.5 * ((gy[:, None] - points[None, :, 1]) / bandwidth[1]) ** 2)
+    return (ky * (w / w.sum())) @ kx.T / (2 * np.pi * bandwidth[0] * bandwidth[1])
+
+
 def plot_density_2d(path: str | Path, positions: np.ndarray, weights: np.ndarray,
                     bounds: Sequence[tuple[float, float]],
                     truth_sample: np.ndarray | None = None,
                     labels: tuple[str, str] = ("x[0]", "x[1]")) -> Path:
-    """Weighted 2-D histogram of the recovered measure, beside the truth's when given."""
+    """Recovered 2-D density (KDE, bandwidth 4% of the box; particles as dots of area
+    proportional to weight), beside a histogram of the truth's sample when given."""
     n_panels = 1 if truth_sample is None else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), squeeze=False)
-    rng = [list(b) for b in bounds]
-    panels = [("recovered", positions, weights)]
+    (x0, x1), (y0, y1) = bounds[0], bounds[1]
+    gx, gy = np.linspace(x0, x1, 120), np.linspace(y0, y1, 120)
+    dens = weighted_kde_2d(positions, weights, gx, gy, (0.04 * (x1 - x0), 0.04 * (y1 - y0)))
+    ax = axes[0, 0]
+    ax.imshow(dens, origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="viridis")
+    ax.scatter(positions[:, 0], positions[:, 1], s=600 * np.asarray(weights) / np.max(weights)
+               * 0.2, facecolors="none", edgecolors="w", linewidths=0.8)
+    ax.set(title="recovered", xlabel=labels[0], ylabel=labels[1], xlim=(x0, x1), ylim=(y0, y1))
     if truth_sample is not None:
-        panels.append(("truth", truth_sample, None))
-    for ax, (title, pts, w) in zip(axes[0], panels, strict=True):
-        ax.hist2d(pts[:, 0], pts[:, 1], bins=30, range=rng, weights=w, cmap="viridis")
-        ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
+        ax = axes[0, 1]
+        ax.hist2d(truth_sample[:, 0], truth_sample[:, 1], bins=40, range=[[x0, x1], [y0, y1]],
+                  cmap="viridis")
+        ax.set(title="truth", xlabel=labels[0], ylabel=labels[1])
     return _save(fig, path)
 
 
