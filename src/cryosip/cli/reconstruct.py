@@ -43,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per minibatch")
     p.add_argument("--n-draws", type=int, default=256,
                    help="nuisance draws (unknown poses) per step")
+    p.add_argument("--mmd-features", choices=["pixels", "power-spectrum"], default="pixels",
+                   help="MMD kernel on raw pixels (noise integrated out) or on the rotationally "
+                        "averaged power spectrum (invariant to in-plane pose: for --poses unknown)")
+    p.add_argument("--mmd-bandwidth", type=float, default=1.0,
+                   help="relative Gaussian bandwidth (pixels: h^2 = f D sigma^2; power spectrum: "
+                        "f x median heuristic)")
     p.add_argument("--flow-box", type=int, default=32,
                    help="Fourier-crop images to this box for the flow (0: no crop)")
     p.add_argument("--noise-std", type=float, default=None,
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             discrepancy=args.discrepancy, n_particles=args.n_particles, steps=args.steps,
             step_size=args.step_size, max_displacement=args.max_displacement,
             batch_size=args.batch_size, n_draws=args.n_draws,
+            mmd_features=args.mmd_features, mmd_bandwidth=args.mmd_bandwidth,
             flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
             temperature=args.temperature, wfr=args.wfr, seed=args.seed,
             progress=not args.no_progress,

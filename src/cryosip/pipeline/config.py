@@ -21,8 +21,10 @@ class ReconstructConfig(BaseModel):
     particle moves ``max_displacement`` (in units of ``x``) at step 0; ``step_decay``
     then shrinks it as ``h_k = h_0 / (1 + step_decay * k)``. ``flow_box`` Fourier-crops
     the images (and renders the model) at that box: faster, and the fine detail it drops
-    carries little signal at low SNR. ``mmd_bandwidth`` is relative: the Gaussian kernel
-    has ``h^2 = mmd_bandwidth * D * sigma^2`` (``D`` pixels, ``sigma`` the noise).
+    carries little signal at low SNR. ``mmd_bandwidth`` is relative: on pixels the Gaussian
+    kernel has ``h^2 = mmd_bandwidth * D * sigma^2`` (``D`` pixels, ``sigma`` the noise);
+    on ``mmd_features="power-spectrum"`` (:mod:`cryosip.measures.features`) ``h`` is
+    ``mmd_bandwidth`` times the median distance between features of prior simulations.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -40,6 +42,7 @@ class ReconstructConfig(BaseModel):
     batch_size: int = Field(128, ge=1)
     n_draws: int = Field(256, ge=1)
     mmd_bandwidth: float = Field(1.0, gt=0)
+    mmd_features: Literal["pixels", "power-spectrum"] = "pixels"
     wfr: bool = False
     weight_rate: float = Field(1.0, gt=0)
     flow_box: int | None = Field(32, ge=8)

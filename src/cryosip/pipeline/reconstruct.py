@@ -19,11 +19,12 @@ import dataclasses
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryosip.discrepancies import GaussianKernel
+from cryosip.discrepancies import GaussianKernel, median_bandwidth
 from cryosip.flows import (
     Checkpointer,
     Domain,
@@ -38,6 +39,7 @@ from cryosip.flows import run_flow as _run_flow
 from cryosip.forward import CryoEMOperator, NuisancePrior
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
+from cryosip.measures.features import RadialPowerSpectrum
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import PreparedData, prepare_data
 from cryosip.structures.factory import load_model
@@ -84,10 +86,27 @@ def initial_measure(model, n_particles: int, seed: int) -> ParticleMeasure:
 def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     if config.discrepancy == "kl":
         return KLObjective(operator, n_draws=config.n_draws)
+    n_draws = max(1, config.n_draws // config.n_particles)
+    if config.mmd_features == "power-spectrum":
+        phi = RadialPowerSpectrum(operator.image_config.box_size)
+        h = config.mmd_bandwidth * _feature_scale(operator, phi, n_draws)
+        return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws,
+                            marginalise_noise=False, feature_map=phi)
     n_pix = operator.image_config.box_size**2
     h = float(np.sqrt(config.mmd_bandwidth * n_pix) * operator.noise_std)
-    n_draws = max(1, config.n_draws // config.n_particles)
     return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws)
+
+
+def _feature_scale(operator, phi, n: int = 256) -> float:
+    """Median distance between features of noisy prior simulations (median heuristic)."""
+    key = jax.random.key(12345)
+    w = operator.sample_nuisance(key, n)
+    xs = jax.random.uniform(jax.random.fold_in(key, 1), (n, operator.model.dim),
+                            minval=jnp.asarray(operator.model.lower),
+                            maxval=jnp.asarray(operator.model.upper))
+    sims = eqx.filter_jit(lambda: jax.vmap(operator.sample)(
+        jax.random.split(jax.random.fold_in(key, 2), n), xs, w))()
+    return float(median_bandwidth(jax.vmap(phi)(sims)))
 
 
 def _auto_step(objective, measure, batch, key, max_displacement: float) -> float:
