@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time step (default: set from the first gradient, see --max-displacement)")
     p.add_argument("--max-displacement", type=float, default=0.02,
                    help="largest particle move per step, in units of x (default 0.02)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per minibatch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per minibatch (default 128 for KL, 256 for MMD)")
     p.add_argument("--n-draws", type=int, default=256,
                    help="nuisance draws (unknown poses) per step")
     p.add_argument("--mmd-features", choices=["pixels", "power-spectrum"], default="pixels",

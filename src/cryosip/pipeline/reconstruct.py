@@ -143,11 +143,11 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
     measure = initial_measure(model, config.n_particles, config.seed)
     key = jax.random.key(config.seed)
     n = len(observations)
-    first = observations.take(np.arange(min(config.batch_size, n)))
+    first = observations.take(np.arange(min(config.minibatch_size, n)))
     solver, _ = _solver(config, model, objective, measure, first, key)
     every = config.history_every
     flow_config = FlowConfig(
-        max_steps=config.steps, batch_size=min(config.batch_size, n), history_every=every,
+        max_steps=config.steps, batch_size=min(config.minibatch_size, n), history_every=every,
         checkpoint_every=max(every, config.checkpoint_every // every * every),
         progress=config.progress,
     )
