@@ -3,7 +3,7 @@
 ``run_demo(out_dir, size)`` writes ``out_dir/data`` (``cryosip simulate`` of the packaged
 ``adk_demo.yaml``: AdK path, bimodal truth 60% near closed / 40% near open), ``out_dir/run``
 (``cryosip reconstruct``, KL with weighted particles) and ``out_dir/run/evaluation.json``.
-``size="tiny"`` is the CI version (hinge-free but small: fewer images and steps).
+``size="tiny"`` is the CI version (400 images, 40 steps, 16 particles).
 """
 
 from __future__ import annotations
