@@ -15,7 +15,8 @@ HELP = "recover the distribution over conformations behind a particle stack"
 
 _DEFAULTS_NOTE = """
 Defaults (measured on the AdK path, N = 10000, box 64, SNR 0.01; see docs/tutorial.md):
-KL with known poses, 32 weighted particles (--wfr), 300 steps, minibatches of 128 images,
+KL with known poses, 32 weighted particles (--wfr), 300 steps, minibatches of 128 images
+(256 for MMD),
 flow box 32 (Fourier crop), displacement cap 0.02 per step. Choose MMD for a
 likelihood-free fit; choose --poses unknown only when no consensus refinement exists.
 """
