@@ -47,13 +47,6 @@ def test_absolute_value_marginal_is_the_likelihood():
     np.testing.assert_allclose(exact, default, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """Tests marked slow run only with ``-m slow`` (the README's ``pytest -q`` skips them)."""
-    if request.node.get_closest_marker("slow") and "slow" not in request.config.option.markexpr:
-        pytest.skip("slow: run with -m slow")
-
-
 SMALL = dict(n_obs=2000, n_particles=60, steps=150, batch_size=500, floor_repeats=20)
 
 
