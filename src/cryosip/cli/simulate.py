@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 NAME = "simulate"
-HELP = "Simulate particle images of a conformation model with a known truth distribution."
+HELP = "simulate particle images of a conformation model with a known truth distribution."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

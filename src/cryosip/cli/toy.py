@@ -20,7 +20,7 @@ from cryosip.errors import InputError
 from cryosip.provenance import atomic_savez, atomic_write_text, utc_now, write_provenance
 
 NAME = "toy"
-HELP = "Recover a known distribution on a toy stochastic inverse problem (a, b or c)."
+HELP = "recover a known distribution on a toy stochastic inverse problem (a, b or c)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
