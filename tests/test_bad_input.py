@@ -7,7 +7,6 @@ The config checks run through ``cryosip simulate`` in-process (exit code 2).
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from pathlib import Path
 
@@ -120,23 +119,6 @@ def test_wrong_dimension_and_missing_stack(tmp_path):
     with pytest.raises(InputError) as err:
         read_particles(star)
     one_line(err, "particles.star", "rlnImageName", "missing")
-
-
-@pytest.fixture
-def cli_main(monkeypatch):
-    """``cryosip.cli.main.main``; subcommand modules of other engineers that are not in the
-    tree yet are left out of the dispatcher (the dispatcher itself is unchanged)."""
-    from cryosip.cli import main as cli
-
-    present = []
-    for name in cli.SUBCOMMANDS:
-        try:
-            importlib.import_module(f"cryosip.cli.{name}")
-            present.append(name)
-        except ModuleNotFoundError:
-            pass
-    monkeypatch.setattr(cli, "SUBCOMMANDS", tuple(present))
-    return cli.main
 
 
 @pytest.mark.parametrize(("change", "field"), [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -153,23 +152,6 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         simulate_dataset(tiny(), tmp_path / "d", progress=False)
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.fixture
-def cli_main(monkeypatch):
-    """``cryosip.cli.main.main``; subcommand modules of other engineers that are not in the
-    tree yet are left out of the dispatcher (the dispatcher itself is unchanged)."""
-    from cryosip.cli import main as cli
-
-    present = []
-    for name in cli.SUBCOMMANDS:
-        try:
-            importlib.import_module(f"cryosip.cli.{name}")
-            present.append(name)
-        except ModuleNotFoundError:
-            pass
-    monkeypatch.setattr(cli, "SUBCOMMANDS", tuple(present))
-    return cli.main
 
 
 def test_cli_simulate_in_process(tmp_path, capsys, cli_main):
