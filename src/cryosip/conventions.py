@@ -42,6 +42,7 @@ pose pickle holds ``rot = A`` (``parse_pose_star``) and ``trans = o / (pixel_siz
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -138,8 +139,9 @@ def relion_to_cryojax_ctf(
     ``tests/test_cryojax_agreement.py``). cryojax's CTF is also ``-1`` times RELION's
     (:data:`CRYOJAX_CONTRAST_SIGN`).
     """
-    u, v = np.asarray(defocus_u_angstrom, float), np.asarray(defocus_v_angstrom, float)
-    return 0.5 * (u + v), u - v, 90.0 - np.asarray(astigmatism_angle_deg, float)
+    as_array = lambda a: a if isinstance(a, jax.Array) else np.asarray(a, float)  # traceable
+    u, v = as_array(defocus_u_angstrom), as_array(defocus_v_angstrom)
+    return 0.5 * (u + v), u - v, 90.0 - as_array(astigmatism_angle_deg)
 
 
 # ---------------------------------------------------------------- cryoDRGN

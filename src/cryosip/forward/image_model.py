@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
 from cryosip.forward.config import ImageConfig
 from cryosip.forward.ctf import Optics, apply_ctf, ctf_rfft
@@ -44,25 +45,76 @@ def rotate_and_shift(
 class ImageModel(eqx.Module):
     """Composes the physical parts: projector, optics (CTF) and image geometry.
 
-    ``apply_ctf=False`` gives the bare (shifted, rotated) projection.
+    ``apply_ctf=False`` gives the bare (shifted, rotated) projection. ``cache_bytes`` sizes
+    the chunks in which batches are projected (:meth:`render_indexed`).
     """
 
     config: ImageConfig
     optics: Optics = Optics()
     projector: GaussianProjector = GaussianProjector()
     apply_ctf: bool = eqx.field(default=True, static=True)
+    cache_bytes: int = eqx.field(default=2**20, static=True)
 
     def render(self, atoms: Atoms, nuisance: ImageNuisance) -> Float[Array, "box box"]:
         """One clean image for one (unbatched) nuisance."""
         xy = rotate_and_shift(atoms.positions_angstrom, nuisance)
-        proj = self.projector.project(xy, atoms.amplitudes, atoms.widths_angstrom, self.config)
+        args = (xy, atoms.amplitudes, atoms.widths_angstrom, self.config)
         if not self.apply_ctf:
-            return proj
-        return apply_ctf(proj, ctf_rfft(self.optics, nuisance, self.config))
+            return self.projector.project(*args)
+        crop, first = self.projector.project_window(*args)
+        return apply_ctf(crop, ctf_rfft(self.optics, nuisance, self.config), first)
 
     def render_batch(self, atoms: Atoms, nuisance: ImageNuisance) -> Float[Array, "n box box"]:
         """Clean images for a batch of nuisances (leading axis ``n``), one structure."""
-        return jax.vmap(self.render, in_axes=(None, 0))(atoms, nuisance)
+        n = nuisance.euler_deg.shape[0]
+        stacked = jax.tree.map(lambda a: a[None], atoms)
+        index = jnp.zeros(n, dtype=int)
+        return self.render_indexed(stacked, index, nuisance, jnp.arange(n))
+
+    def render_indexed(
+        self,
+        atoms: Atoms,
+        atom_index: Int[Array, " n"],
+        nuisance: ImageNuisance,
+        nuisance_index: Int[Array, " n"],
+    ) -> Float[Array, "n box box"]:
+        """Image ``k`` renders structure ``atom_index[k]`` under nuisance ``nuisance_index[k]``.
+
+        ``atoms`` carries a leading structure axis (``vmap(model.structure_at)`` output),
+        ``nuisance`` a leading axis of its own. The projections run in chunks of
+        :meth:`chunk_size` images (``lax.map``) so that their ``(window + 1) x n_atoms``
+        temporaries stay in cache: one vmap over a whole large batch is memory-bound and
+        ~3x slower for all-atom structures. The FFTs and CTFs run over the whole batch; each
+        distinct nuisance's CTF is computed once.
+        """
+
+        def project(args):
+            i, j = args
+            a = jax.tree.map(lambda t: t[i], atoms)
+            xy = rotate_and_shift(a.positions_angstrom, nuisance.take(j))
+            xy_args = (xy, a.amplitudes, a.widths_angstrom, self.config)
+            if not self.apply_ctf:
+                return self.projector.project(*xy_args), jnp.zeros(2, dtype=int)
+            return self.projector.project_window(*xy_args)
+
+        n_atoms = atoms.positions_angstrom.shape[-2]
+        chunk = self.chunk_size(n_atoms)
+        pairs = (atom_index, nuisance_index)
+        if chunk >= atom_index.shape[0]:
+            crops, firsts = jax.vmap(project)(pairs)
+        else:
+            crops, firsts = jax.lax.map(project, pairs, batch_size=chunk)
+        if not self.apply_ctf:
+            return crops
+        ctf = jax.vmap(ctf_rfft, in_axes=(None, 0, None))(self.optics, nuisance, self.config)
+        return jax.vmap(apply_ctf)(crops, ctf[nuisance_index], firsts)
+
+    def chunk_size(self, n_atoms: int) -> int:
+        """Images per projection chunk: two ``(window + 1) x n_atoms`` float32 temporaries
+        per image within ``cache_bytes`` (default 1 MiB, about one core's L2), at least one.
+        """
+        w = min(self.projector.window_pixels or self.config.box_size, self.config.box_size)
+        return max(1, self.cache_bytes // (2 * 4 * (w + 1) * n_atoms))
 
 
 def render_images(

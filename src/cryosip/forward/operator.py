@@ -29,6 +29,7 @@ from typing import Literal
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
@@ -84,15 +85,20 @@ class CryoEMOperator(AbstractRandomOperator):
         self, xs: Float[Array, "n_particles dim"], nuisance: ImageNuisance
     ) -> Float[Array, "n_particles n_draws box box"]:
         """Atoms built once per ``x``, then all ``n_draws`` nuisances rendered from them."""
-        render = self.image_model.render_batch
-        return jax.vmap(lambda x: render(self.model.structure_at(x), nuisance))(xs)
+        atoms = jax.vmap(self.model.structure_at)(xs)
+        n_x, n_w = xs.shape[0], nuisance.euler_deg.shape[0]
+        x_index = jnp.repeat(jnp.arange(n_x), n_w)
+        w_index = jnp.tile(jnp.arange(n_w), n_x)
+        images = self.image_model.render_indexed(atoms, x_index, nuisance, w_index)
+        return images.reshape(n_x, n_w, *images.shape[1:])
 
     def clean_paired(
         self, xs: Float[Array, "n_draws dim"], nuisance: ImageNuisance
     ) -> Float[Array, "n_draws box box"]:
         """Particle ``b`` with nuisance ``b``."""
-        render = self.image_model.render
-        return jax.vmap(lambda x, w: render(self.model.structure_at(x), w))(xs, nuisance)
+        atoms = jax.vmap(self.model.structure_at)(xs)
+        index = jnp.arange(xs.shape[0])
+        return self.image_model.render_indexed(atoms, index, nuisance, index)
 
 
 def _auto_window(model: AbstractConformationModel, config: ImageConfig, margin: float) -> int:
