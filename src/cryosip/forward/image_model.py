@@ -53,7 +53,7 @@ class ImageModel(eqx.Module):
     optics: Optics = Optics()
     projector: GaussianProjector = GaussianProjector()
     apply_ctf: bool = eqx.field(default=True, static=True)
-    cache_bytes: int = eqx.field(default=2**20, static=True)
+    cache_bytes: int = eqx.field(default=2**23, static=True)
 
     def render(self, atoms: Atoms, nuisance: ImageNuisance) -> Float[Array, "box box"]:
         """One clean image for one (unbatched) nuisance."""
@@ -97,10 +97,11 @@ class ImageModel(eqx.Module):
                 return self.projector.project(*xy_args), jnp.zeros(2, dtype=int)
             return self.projector.project_window(*xy_args)
 
-        n_atoms = atoms.positions_angstrom.shape[-2]
-        chunk = self.chunk_size(n_atoms)
+        n_images, n_atoms = atom_index.shape[0], atoms.positions_angstrom.shape[-2]
+        n_chunks = -(-n_images // self.chunk_size(n_atoms))
+        chunk = -(-n_images // n_chunks)  # balanced: no lone remainder chunk
         pairs = (atom_index, nuisance_index)
-        if chunk >= atom_index.shape[0]:
+        if chunk >= n_images:
             crops, firsts = jax.vmap(project)(pairs)
         else:
             crops, firsts = jax.lax.map(project, pairs, batch_size=chunk)
@@ -110,8 +111,11 @@ class ImageModel(eqx.Module):
         return jax.vmap(apply_ctf)(crops, ctf[nuisance_index], firsts)
 
     def chunk_size(self, n_atoms: int) -> int:
-        """Images per projection chunk: two ``(window + 1) x n_atoms`` float32 temporaries
-        per image within ``cache_bytes`` (default 1 MiB, about one core's L2), at least one.
+        """Largest number of images per projection chunk: two ``(window + 1) x n_atoms``
+        float32 temporaries per image within ``cache_bytes``, at least one. The default,
+        8 MiB (a quarter of this machine's L3), was the fastest of 0.5-8 MiB and unchunked
+        for AdK all-atom and beads at box 64 and 128, batches 16 and 128, forward and
+        gradient (see ``docs/performance.md``).
         """
         w = min(self.projector.window_pixels or self.config.box_size, self.config.box_size)
         return max(1, self.cache_bytes // (2 * 4 * (w + 1) * n_atoms))
