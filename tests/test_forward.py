@@ -271,3 +271,13 @@ def test_ctf_matches_the_textbook_formula_with_angles():
         chi += np.deg2rad(20.0) + np.arctan(0.1 / np.sqrt(1 - 0.01))
         want = np.sin(chi) * np.exp(-7.5 * k2)
         np.testing.assert_allclose(ctf_rfft(optics, w, cfg), want, atol=2e-5)
+
+
+def test_sin_fast_matches_sin_over_the_ctf_phase_range():
+    from cryosip.forward import sin_fast
+
+    x = np.concatenate([np.linspace(-1e4, 1e4, 200_001), [0.0, np.pi, -np.pi / 2]])
+    x32 = x.astype(np.float32)
+    np.testing.assert_allclose(sin_fast(jnp.asarray(x32)), np.sin(x32.astype(float)), atol=3e-7)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(sin_fast(jnp.asarray(x)), np.sin(x), rtol=0, atol=1e-14)

@@ -8,7 +8,7 @@ All conventions live in :mod:`cryosip.conventions` (``docs/conventions.md``).
 """
 
 from cryosip.forward.config import ImageConfig
-from cryosip.forward.ctf import Optics, apply_ctf, ctf_rfft
+from cryosip.forward.ctf import Optics, apply_ctf, ctf_rfft, sin_fast
 from cryosip.forward.image_model import ImageModel, render_images, rotate_and_shift
 from cryosip.forward.noise import add_noise, noise_std_for_snr
 from cryosip.forward.operator import CryoEMOperator
@@ -29,6 +29,7 @@ __all__ = [
     "axis_profiles",
     "backproject",
     "ctf_rfft",
+    "sin_fast",
     "map_correlation",
     "noise_std_for_snr",
     "render_images",

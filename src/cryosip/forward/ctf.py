@@ -21,6 +21,7 @@ sign (+1: RELION, white particles; -1: cryojax/cryoDRGN). Reference: RELION ``sr
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -29,7 +30,7 @@ from cryosip import conventions
 from cryosip.forward.config import ImageConfig
 from cryosip.forward.pose import ImageNuisance
 
-__all__ = ["Optics", "ctf_rfft", "apply_ctf"]
+__all__ = ["Optics", "apply_ctf", "ctf_rfft", "sin_fast"]
 
 
 class Optics(eqx.Module):
@@ -68,7 +69,29 @@ def ctf_rfft(
     chi = chi + jnp.deg2rad(nuisance.phase_shift_deg)
     chi = chi + conventions.amplitude_contrast_phase(optics.amplitude_contrast)
     envelope = jnp.exp(-0.25 * optics.b_factor_angstrom2 * k2)
-    return optics.contrast_sign * jnp.sin(chi) * envelope
+    return optics.contrast_sign * sin_fast(chi) * envelope
+
+
+def sin_fast(x: Float[Array, " *shape"]) -> Float[Array, " *shape"]:
+    """``sin`` for float32 by reduction to ``|r| <= pi/2`` and a degree-11 Taylor polynomial.
+
+    XLA:CPU's ``sin`` is not vectorised: 13x slower on this machine than this, and it was
+    the most expensive step of the CTF. Error below 3e-7 for ``|x| < 1e4`` (the CTF phase
+    stays below ~1e3 rad); float64 input goes to ``jnp.sin``.
+    """
+    x = jnp.asarray(x)
+    if x.dtype == jnp.float64:
+        return jnp.sin(x)
+    k = jnp.round(x * (1.0 / np.pi))
+    # pi split in three (Cody-Waite) so that k * pi is exact to float32 rounding
+    r = x - k * 3.140625 - k * 9.67502593994140625e-4 - k * 1.509957990978376432e-7
+    r2 = r * r
+    poly = 1.0 / 362880.0 - r2 / 39916800.0
+    poly = -1.0 / 5040.0 + r2 * poly
+    poly = 1.0 / 120.0 + r2 * poly
+    poly = -1.0 / 6.0 + r2 * poly
+    odd = k.astype(jnp.int32) & 1
+    return r * (1.0 + r2 * poly) * (1 - 2 * odd).astype(x.dtype)
 
 
 def apply_ctf(
@@ -87,8 +110,7 @@ def apply_ctf(
     box = ctf.shape[0]
     f = jnp.fft.rfft2(image, s=(box, box))  # zero-pads; XLA's 2-D FFT beats two 1-D passes
     if offset is not None:
-        turns = np.arange(box) / box
-        fx = jnp.exp(-2j * jnp.pi * offset[0] * turns[: ctf.shape[1]])
-        fy = jnp.exp(-2j * jnp.pi * offset[1] * turns)
-        f = f * (fy[:, None] * fx[None, :])
+        angle = lambda o, n: (-2.0 * np.pi / box) * (o * jnp.arange(n) % box)
+        phase = angle(offset[1], box)[:, None] + angle(offset[0], ctf.shape[1])[None, :]
+        f = f * jax.lax.complex(sin_fast(phase + 0.5 * np.pi), sin_fast(phase))
     return jnp.fft.irfft2(ctf * f, s=(box, box))
