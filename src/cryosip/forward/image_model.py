@@ -84,8 +84,8 @@ class ImageModel(eqx.Module):
         ``nuisance`` a leading axis of its own. The projections run in chunks of
         :meth:`chunk_size` images (``lax.map``) so that their ``(window + 1) x n_atoms``
         temporaries stay in cache: one vmap over a whole large batch is memory-bound and
-        ~3x slower for all-atom structures. The FFTs and CTFs run over the whole batch; each
-        distinct nuisance's CTF is computed once.
+        ~3x slower for all-atom structures. The CTF and FFTs run in chunks of
+        :meth:`fft_chunk_size` images.
         """
 
         def project(args):
@@ -97,18 +97,16 @@ class ImageModel(eqx.Module):
                 return self.projector.project(*xy_args), jnp.zeros(2, dtype=int)
             return self.projector.project_window(*xy_args)
 
-        n_images, n_atoms = atom_index.shape[0], atoms.positions_angstrom.shape[-2]
-        n_chunks = -(-n_images // self.chunk_size(n_atoms))
-        chunk = -(-n_images // n_chunks)  # balanced: no lone remainder chunk
+        def transfer(args):
+            crop, first, j = args
+            return apply_ctf(crop, ctf_rfft(self.optics, nuisance.take(j), self.config), first)
+
+        n_atoms = atoms.positions_angstrom.shape[-2]
         pairs = (atom_index, nuisance_index)
-        if chunk >= n_images:
-            crops, firsts = jax.vmap(project)(pairs)
-        else:
-            crops, firsts = jax.lax.map(project, pairs, batch_size=chunk)
+        crops, firsts = _chunked_map(project, pairs, self.chunk_size(n_atoms))
         if not self.apply_ctf:
             return crops
-        ctf = jax.vmap(ctf_rfft, in_axes=(None, 0, None))(self.optics, nuisance, self.config)
-        return jax.vmap(apply_ctf)(crops, ctf[nuisance_index], firsts)
+        return _chunked_map(transfer, (crops, firsts, nuisance_index), self.fft_chunk_size())
 
     def chunk_size(self, n_atoms: int) -> int:
         """Largest number of images per projection chunk: two ``(window + 1) x n_atoms``
@@ -119,6 +117,22 @@ class ImageModel(eqx.Module):
         """
         w = min(self.projector.window_pixels or self.config.box_size, self.config.box_size)
         return max(1, self.cache_bytes // (2 * 4 * (w + 1) * n_atoms))
+
+    def fft_chunk_size(self) -> int:
+        """Images per CTF/FFT chunk: three ``box x (box/2 + 1)`` complex64 arrays per image
+        within ``cache_bytes`` (no chunking at box 64 and batch 128; chunks of 32 at box 128,
+        where that was 1.3-1.5x faster than one batched FFT)."""
+        box = self.config.box_size
+        return max(1, self.cache_bytes // (3 * 8 * box * (box // 2 + 1)))
+
+
+def _chunked_map(fn, xs, max_chunk: int):
+    """``vmap(fn)(xs)`` in ``lax.map`` chunks of at most ``max_chunk``, balanced in size."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    chunk = -(-n // -(-n // max_chunk))
+    if chunk >= n:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=chunk)
 
 
 def render_images(
