@@ -3,28 +3,41 @@
 Images per second for AdK (first frame of the MDAnalysisTests DIMS trajectory; all 3341
 atoms, and one bead per residue at the CA positions: 214 beads), box 64 (2 Å pixels) and
 box 128 (1 Å pixels, the same 128 Å field), forward only and forward + gradient with
-respect to the atom positions, a batch of uniformly random poses with an astigmatic CTF.
+respect to the atom positions, for a batch of nuisances drawn from the prior: uniformly
+random poses and a different astigmatic CTF per image (defocus U(1, 2.5) µm, astigmatism
+1000 Å at a random angle), passed to both libraries as per-image inputs (a CTF fixed for
+the whole batch would let XLA fold it into a constant).
+
 cryojax is timed with each projection method it offers for Gaussian atoms (dense on the
-full box, dense on a cropped plane ``shape=(W, W)``, and spreading with ``n_spread=5``);
-the ratio is taken against its fastest method whose images agree with cryosip's to a
+full box, dense on a cropped plane ``shape=(W, W)``, and spreading with ``n_spread=5``).
+The ratio is taken against its fastest method whose images agree with cryosip's to a
 relative L2 difference below 1% (``ratio_*``; ``n_spread`` truncation is not accurate
 for wide beads), and also against its fastest method regardless of accuracy
 (``ratio_*_any``) and its default dense projection (``ratio_*_vs_cryojax_default``).
 Also: achieved GFLOP/s of cryosip's projection product vs a plain batched matmul of the
 same shape, and the relative L2 difference of the images (accuracy context).
 
+**Floor.** Both libraries apply the CTF with an FFT round trip. The script also times that
+part of cryosip alone (the per-image CTF, ``rfft`` of the window, Fourier shift,
+``irfft2``) and prints ``bound = t(cryojax fastest accurate) / t(FFT + CTF)``: the largest
+ratio that any projection algorithm could give, even one that took no time at all.
+
 XLA:CPU's YNN fusions make the backward pass of the projection ~3x slower on this
 machine; by default the script disables them (``--xla-default`` keeps XLA's default).
 The flag is set for the whole process, so both libraries run under it.
 
-Run: ``.venv/bin/python benchmarks/forward_speed.py [--batch 16] [--quick]``
+Run: ``.venv/bin/python benchmarks/forward_speed.py [--batch 16 128] [--repeats 3] [--quick]``
+(``--repeats``: independent interleaved timings; the medians are reported, and the ratio of
+each repeat is kept in ``ratio_*_per_repeat``).
 Writes ``benchmarks/results/forward_speed.json`` (``forward_speed_xla_default.json`` with
-``--xla-default``).
+``--xla-default``): one row per structure, box and batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import itertools
 import json
 import os
 import sys
@@ -45,17 +58,19 @@ from cryosip import conventions as cv  # noqa: E402
 from cryosip.forward import (  # noqa: E402
     GaussianProjector,
     ImageConfig,
-    ImageNuisance,
+    NuisancePrior,
     Optics,
+    apply_ctf,
+    ctf_rfft,
     render_images,
     rotate_and_shift,
     window_pixels_for,
 )
-from cryosip.rotations import sample_uniform_euler  # noqa: E402
+from cryosip.forward.image_model import ImageModel  # noqa: E402
 from cryosip.structures.base import Atoms  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "forward_speed.json"
-DEFOCUS_U, DEFOCUS_V, ANGLE = 15000.0, 14000.0, 30.0
+PRIOR = NuisancePrior(defocus_range_angstrom=(10000.0, 25000.0), astigmatism_angstrom=1000.0)
 
 
 def load_adk() -> dict[str, Atoms]:
@@ -93,9 +108,9 @@ def interleaved_times(calls: dict, rounds: int) -> dict[str, float]:
     return best
 
 
-def nuisances(batch: int) -> ImageNuisance:
-    euler = sample_uniform_euler(jax.random.key(0), batch)
-    return ImageNuisance.create(euler, None, DEFOCUS_U, DEFOCUS_V, ANGLE)
+def nuisances(batch: int):
+    """Random poses and per-image CTFs from :data:`PRIOR`."""
+    return PRIOR.sample(jax.random.key(0), batch)
 
 
 def cryosip_fns(atoms: Atoms, cfg: ImageConfig, window: int):
@@ -110,13 +125,15 @@ def cryosip_fns(atoms: Atoms, cfg: ImageConfig, window: int):
 def cryojax_fns(atoms: Atoms, box: int, pixel: float, integrator):
     import cryojax.simulator as cxs
 
-    defocus, astig, angle = cv.relion_to_cryojax_ctf(DEFOCUS_U, DEFOCUS_V, ANGLE)
     variances = atoms.widths_angstrom**2
 
-    def one(pos, euler):
+    def one(pos, euler, du, dv, angle):
         phi, theta, psi = -euler[0], -euler[1], -euler[2]  # cv.relion_to_cryojax_euler
+        defocus, astig, cj_angle = cv.relion_to_cryojax_ctf(du, dv, angle)
         ctf = cxs.AstigmaticCTF(
-            defocus_in_angstroms=defocus, astigmatism_in_angstroms=astig, astigmatism_angle=angle
+            defocus_in_angstroms=defocus,
+            astigmatism_in_angstroms=astig,
+            astigmatism_angle=cj_angle,
         )
         model = cxs.make_image_model(
             cxs.GaussianMixtureVolume(pos, atoms.amplitudes, variances),
@@ -127,30 +144,46 @@ def cryojax_fns(atoms: Atoms, box: int, pixel: float, integrator):
         )
         return model.simulate()
 
-    images = lambda pos, w: jax.vmap(one, in_axes=(None, 0))(pos, w.euler_deg)
+    def images(pos, w):
+        ctf = (w.defocus_u_angstrom, w.defocus_v_angstrom, w.astigmatism_angle_deg)
+        return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(pos, w.euler_deg, *ctf)
+
     loss = lambda pos, w, target: jnp.sum(images(pos, w) * target)
     return jax.jit(images), jax.jit(jax.value_and_grad(loss))
 
 
 def projection_calls(atoms, cfg, window, w) -> tuple[dict, float]:
-    """The projection alone (profiles + product) and a plain matmul of the same shape."""
-    proj = GaussianProjector(window_pixels=window)
+    """cryosip's projection alone (edge CDFs + product, chunked as in rendering), a plain
+    matmul of the product's shape, and the FFT + CTF part of rendering alone (the floor)."""
+    model = ImageModel(cfg, Optics(), GaussianProjector(window_pixels=window))
     amp, wid = atoms.amplitudes, atoms.widths_angstrom
+    chunk = model.chunk_size(atoms.n_atoms)
 
     def project(pos, w):
-        return jax.vmap(lambda v: proj.project(rotate_and_shift(pos, v), amp, wid, cfg))(w)
+        one = lambda v: model.projector.project_window(rotate_and_shift(pos, v), amp, wid, cfg)
+        return jax.lax.map(one, w, batch_size=chunk)[0]
 
-    n, batch = atoms.n_atoms, w.euler_deg.shape[0]
-    a = jax.random.normal(jax.random.key(1), (batch, window, n))
-    b = jax.random.normal(jax.random.key(2), (batch, n, window))
+    def fft_ctf(crops, firsts, w):
+        ctf = jax.vmap(ctf_rfft, in_axes=(None, 0, None))(model.optics, w, cfg)
+        return jax.vmap(apply_ctf)(crops, ctf, firsts)
+
+    n, batch, e = atoms.n_atoms, w.euler_deg.shape[0], window + 1
+    a = jax.random.normal(jax.random.key(1), (batch, e, n))
+    b = jax.random.normal(jax.random.key(2), (batch, n, e))
+    crops = jax.random.normal(jax.random.key(4), (batch, window, window))
+    firsts = jnp.full((batch, 2), (cfg.box_size - window) // 2)
+    target = jax.random.normal(jax.random.key(3), (batch, cfg.box_size, cfg.box_size))
+    fft_ctf_loss = lambda crops, firsts, w: jnp.sum(fft_ctf(crops, firsts, w) * target)
     calls = {
         "projection": (jax.jit(project), (atoms.positions_angstrom, w)),
         "matmul": (jax.jit(jnp.matmul), (a, b)),
+        "fft_ctf": (jax.jit(fft_ctf), (crops, firsts, w)),
+        "fft_ctf_grad": (jax.jit(jax.value_and_grad(fft_ctf_loss)), (crops, firsts, w)),
     }
-    return calls, 2.0 * window * window * n * batch
+    return calls, 2.0 * e * e * n * batch
 
 
-def bench_case(name, atoms, box, pixel, batch, methods, rounds) -> dict:
+def bench_case(name, atoms, box, pixel, batch, methods, rounds, repeats) -> dict:
     import cryojax.simulator as cxs
 
     cfg = ImageConfig(box, pixel)
@@ -172,8 +205,10 @@ def bench_case(name, atoms, box, pixel, batch, methods, rounds) -> dict:
         calls[(label, "grad_img_s")] = (grad, (pos, w, target))
     proj_calls, flops = projection_calls(atoms, cfg, window, w)
     calls.update(proj_calls)
-    times = interleaved_times(calls, rounds)
+    runs = [interleaved_times(calls, rounds) for _ in range(repeats)]
+    times = {k: float(np.median([t[k] for t in runs])) for k in calls}
     row = {"structure": name, "box": box, "pixel_angstrom": pixel, "window": window}
+    row["batch"], row["repeats"] = batch, repeats
     for label, (fwd, _) in fns.items():
         row[label] = {key: batch / times[(label, key)] for key in ("fwd_img_s", "grad_img_s")}
         if label != "cryosip":
@@ -183,20 +218,33 @@ def bench_case(name, atoms, box, pixel, batch, methods, rounds) -> dict:
             )
     row["projection_gflops"] = flops / times["projection"] / 1e9
     row["matmul_gflops"] = flops / times["matmul"] / 1e9
+    row["fft_ctf_img_s"] = batch / times["fft_ctf"]
+    row["fft_ctf_grad_img_s"] = batch / times["fft_ctf_grad"]
+    row["matmul_us_per_img"] = 1e6 * times["matmul"] / batch
     accurate = [k for k, v in row.items() if k.startswith("cryojax-")]
     accurate = [k for k in accurate if row[k]["rel_l2_vs_cryosip"] < 0.01]
     for key in ("fwd_img_s", "grad_img_s"):
         cj = {k: v[key] for k, v in row.items() if k.startswith("cryojax-")}
         row[f"ratio_{key}"] = row["cryosip"][key] / max(cj[k] for k in accurate)
         row[f"ratio_{key}_any"] = row["cryosip"][key] / max(cj.values())
+        best = max(cj[k] for k in accurate)
+        floor = row["fft_ctf_img_s" if key == "fwd_img_s" else "fft_ctf_grad_img_s"]
+        row[f"bound_{key}"] = floor / best
+        # time per image left to the projection (and its backward) at 5x cryojax
+        row[f"projection_budget_us_at_5x_{key}"] = 1e6 * (1.0 / (5.0 * best) - 1.0 / floor)
         if "cryojax-dense" in cj:
             row[f"ratio_{key}_vs_cryojax_default"] = row["cryosip"][key] / cj["cryojax-dense"]
+        # the ratio within each repeat (both libraries timed in the same interleaved rounds)
+        row[f"ratio_{key}_per_repeat"] = [
+            min(t[(k, key)] for k in accurate) / t[("cryosip", key)] for t in runs
+        ]
     return row
 
 
 def print_row(row: dict) -> None:
     print(
-        f"{row['structure']:>18} box {row['box']:>3} ({row['pixel_angstrom']} Å, W={row['window']})"
+        f"{row['structure']:>18} box {row['box']:>3} ({row['pixel_angstrom']} Å, "
+        f"W={row['window']}), batch {row['batch']}"
     )
     for k, v in row.items():
         if isinstance(v, dict):
@@ -210,6 +258,14 @@ def print_row(row: dict) -> None:
         ("fastest any", "_any"),
         ("default dense", "_vs_cryojax_default"),
     ):
+        if suffix == "":
+            spread = [row[f"ratio_{k}_per_repeat"] for k in ("fwd_img_s", "grad_img_s")]
+            print(
+                "    per repeat: fwd "
+                + " ".join(f"{r:.2f}" for r in spread[0])
+                + ", fwd+grad "
+                + " ".join(f"{r:.2f}" for r in spread[1])
+            )
         if f"ratio_fwd_img_s{suffix}" in row:
             print(
                 f"    cryosip / cryojax {label}: fwd {row[f'ratio_fwd_img_s{suffix}']:.2f}x, "
@@ -217,29 +273,50 @@ def print_row(row: dict) -> None:
             )
     print(
         f"    projection {row['projection_gflops']:.1f} GFLOP/s vs plain matmul of the same "
-        f"shape {row['matmul_gflops']:.1f} GFLOP/s",
+        f"shape {row['matmul_gflops']:.1f} GFLOP/s"
+    )
+    print(
+        f"    FFT + CTF alone: fwd {row['fft_ctf_img_s']:9.1f} img/s, fwd+grad "
+        f"{row['fft_ctf_grad_img_s']:9.1f} img/s; bound on the ratio: fwd "
+        f"{row['bound_fwd_img_s']:.2f}x, fwd+grad {row['bound_grad_img_s']:.2f}x"
+    )
+    budget = [row[f"projection_budget_us_at_5x_{k}"] for k in ("fwd_img_s", "grad_img_s")]
+    print(
+        f"    5x leaves the projection {budget[0]:.1f} us/img (fwd), {budget[1]:.1f} us/img "
+        f"(fwd+grad); one plain matmul of its shape takes {row['matmul_us_per_img']:.1f} us/img "
+        "(the backward needs two more)",
         flush=True,
     )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16, help="images per call")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[16, 128], help="images per call (one or more)"
+    )
     parser.add_argument("--quick", action="store_true", help="box 64 only, no dense cryojax")
     parser.add_argument("--xla-default", action="store_true", help="keep XLA's YNN fusions")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="independent timings (medians are reported)"
+    )
     args = parser.parse_args(argv)
     sizes = [(64, 2.0)] if args.quick else [(64, 2.0), (128, 1.0)]
     methods = ["dense-cropped", "spread5"] if args.quick else ["dense", "dense-cropped", "spread5"]
     rows = []
     for name, atoms in load_adk().items():
-        for box, pixel in sizes:
-            rows.append(bench_case(name, atoms, box, pixel, args.batch, methods, args.rounds))
+        for (box, pixel), batch in itertools.product(sizes, args.batch):
+            rows.append(
+                bench_case(name, atoms, box, pixel, batch, methods, args.rounds, args.repeats)
+            )
             print_row(rows[-1])
     results = RESULTS.with_name("forward_speed_xla_default.json") if args.xla_default else RESULTS
     results.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "batch": args.batch,
+        "batches": args.batch,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "cryojax": importlib.metadata.version("cryojax"),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
         "cpu_count": os.cpu_count(),
