@@ -13,7 +13,12 @@ from cryosip.forward.image_model import ImageModel, render_images, rotate_and_sh
 from cryosip.forward.noise import add_noise, noise_std_for_snr
 from cryosip.forward.operator import CryoEMOperator
 from cryosip.forward.pose import ImageNuisance, NuisancePrior
-from cryosip.forward.projector import GaussianProjector, axis_profiles, window_pixels_for
+from cryosip.forward.projector import (
+    GaussianProjector,
+    axis_profiles,
+    footprint_pixels_for,
+    window_pixels_for,
+)
 from cryosip.forward.volume import backproject, map_correlation, render_volume
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "add_noise",
     "apply_ctf",
     "axis_profiles",
+    "footprint_pixels_for",
     "backproject",
     "ctf_rfft",
     "sin_fast",

@@ -141,11 +141,14 @@ def render_images(
     image_config: ImageConfig,
     optics: Optics,
     window_pixels: int | None = None,
+    footprint_pixels: int | None = None,
 ) -> Float[Array, "n box box"]:
     """Clean images of ``atoms`` under each of a batch of nuisances (CTF applied).
 
     ``window_pixels`` (static): projection window, see :mod:`cryosip.forward.projector`
     (``None``: whole box; :func:`~cryosip.forward.projector.window_pixels_for` is safe).
+    ``footprint_pixels`` (static): per-atom footprints instead of the dense product
+    (:func:`~cryosip.forward.projector.choose_footprint`).
     """
-    projector = GaussianProjector(window_pixels=window_pixels)
+    projector = GaussianProjector(window_pixels=window_pixels, footprint_pixels=footprint_pixels)
     return ImageModel(image_config, optics, projector).render_batch(atoms, nuisance)

@@ -6,6 +6,8 @@ r"""The cryo-EM random forward operator ``y = G(x, w) + sigma * eps``.
 render every nuisance from them (the hot path of the flows). The projection window
 (:mod:`cryosip.forward.projector`) is sized once, at construction, from the structures at
 the corners and centre of the conformation box, enlarged by ``window_margin`` (x1.15).
+``footprint_pixels`` opts into per-atom footprints instead of the dense product (slower on
+XLA:CPU; see :class:`~cryosip.forward.projector.GaussianProjector`).
 
 >>> import jax, jax.numpy as jnp
 >>> from cryosip.structures.base import AbstractConformationModel, Atoms
@@ -53,6 +55,7 @@ class CryoEMOperator(AbstractRandomOperator):
     prior: NuisancePrior
     noise_std: float | Float[Array, ""]
     window_pixels: int | None = eqx.field(static=True)
+    footprint_pixels: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -63,16 +66,20 @@ class CryoEMOperator(AbstractRandomOperator):
         noise_std: float | Float[Array, ""],
         window_pixels: int | None | Literal["auto"] = "auto",
         window_margin: float = 1.15,
+        footprint_pixels: int | None = None,
     ):
         self.model, self.image_config, self.optics = model, image_config, optics
         self.prior, self.noise_std = prior, noise_std
         if window_pixels == "auto":
             window_pixels = _auto_window(model, image_config, window_margin)
         self.window_pixels = window_pixels
+        self.footprint_pixels = footprint_pixels
 
     @property
     def image_model(self) -> ImageModel:
-        projector = GaussianProjector(window_pixels=self.window_pixels)
+        projector = GaussianProjector(
+            window_pixels=self.window_pixels, footprint_pixels=self.footprint_pixels
+        )
         return ImageModel(self.image_config, self.optics, projector)
 
     def sample_nuisance(self, key: PRNGKeyArray, n_draws: int) -> ImageNuisance:
