@@ -85,7 +85,8 @@ class AdkPath(PathModel):
         interpolation: Interpolation = "cubic",
     ):
         frames, amps, widths, topo = load_adk_frames(hydrogens, coarse)
-        base = PathModel.from_frames(frames, amps, widths, topo, interpolation=interpolation)
+        base = PathModel.from_frames(frames, amps, widths, topo, interpolation=interpolation,
+                                     align=True)
         self.path, self.amplitudes = base.path, base.amplitudes
         self.widths_angstrom = base.widths_angstrom
         self.lower, self.upper, self.topology = base.lower, base.upper, topo

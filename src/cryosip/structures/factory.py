@@ -8,6 +8,10 @@ Accepted specs (YAML form):
   (MDAnalysis) or, with ``n_modes``, a :class:`~cryosip.structures.modes.LinearModeModel`;
 * ``frames.pdb`` / ``frames.cif`` or ``{structure: frames.cif}``: a multi-model PDB/mmCIF.
 
+File models keep their coordinates as given (the frame of the consensus map, in which the
+poses live); ``align: true`` superposes the frames on the first and centres each one
+(``docs/data.md``, "Frames"). Built-in models keep their own (centred) frame.
+
 Relative file names are resolved against ``base_dir`` (the config file's folder).
 
 >>> load_model("hinge").dim
@@ -61,6 +65,7 @@ class FileModelSpec(BaseModel):
     coarse: Literal["residue"] | None = None
     interpolation: Literal["cubic", "linear"] = "cubic"
     n_modes: int | None = None
+    align: bool = False
 
 
 ModelSpec = str | BuiltinModelSpec | FileModelSpec
@@ -122,9 +127,10 @@ def _from_files(spec: FileModelSpec, base_dir: Path) -> AbstractConformationMode
         path = _existing(base_dir, spec.structure, "structure")
         if spec.n_modes:
             return LinearModeModel.from_structure_file(path, hydrogens=spec.hydrogens,
-                                                       n_modes=spec.n_modes)
+                                                       n_modes=spec.n_modes, align=spec.align)
         return PathModel.from_structure_file(path, hydrogens=spec.hydrogens,
-                                             interpolation=spec.interpolation, coarse=spec.coarse)
+                                             interpolation=spec.interpolation, coarse=spec.coarse,
+                                             align=spec.align)
     if spec.topology is None or spec.trajectory is None:
         raise InputError("model", "model.trajectory", "both topology and trajectory, or "
                          "structure", f"topology={spec.topology}, trajectory={spec.trajectory}")
@@ -132,9 +138,11 @@ def _from_files(spec: FileModelSpec, base_dir: Path) -> AbstractConformationMode
     traj = _existing(base_dir, spec.trajectory, "trajectory")
     if spec.n_modes:
         return LinearModeModel.from_files(top, traj, select=spec.select,
-                                          hydrogens=spec.hydrogens, n_modes=spec.n_modes)
+                                          hydrogens=spec.hydrogens, n_modes=spec.n_modes,
+                                          align=spec.align)
     return PathModel.from_files(top, traj, select=spec.select, hydrogens=spec.hydrogens,
-                                interpolation=spec.interpolation, coarse=spec.coarse)
+                                interpolation=spec.interpolation, coarse=spec.coarse,
+                                align=spec.align)
 
 
 

@@ -1,6 +1,7 @@
 r"""Linear mode spaces: ``r(x) = mean + sum_k x_k m_k`` from a PCA of frames.
 
-The frames are superposed and centred as for :class:`~cryosip.structures.path.PathModel`;
+The frames are kept as given (the consensus map's frame) unless ``align=True``, which
+superposes and centres them as for :class:`~cryosip.structures.path.PathModel`;
 ``m_k = sqrt(lambda_k) v_k`` where ``v_k`` is the k-th principal direction of the
 flattened coordinates (unit norm in ``R^{3 n_atoms}``) and ``lambda_k`` its variance over
 the frames (divisor ``F - 1``). So ``x_k`` is in standard deviations of mode ``k`` and the
@@ -50,7 +51,7 @@ class LinearModeModel(AbstractConformationModel):
     def from_frames(
         cls, frames: Float[np.ndarray, "n_frames n_atoms 3"], amplitudes: np.ndarray,
         widths_angstrom: np.ndarray, topology: Topology | None = None, *, n_modes: int = 2,
-        align: bool = True,
+        align: bool = False,
     ) -> LinearModeModel:
         frames = np.asarray(frames, dtype=np.float64)
         if align:
@@ -72,16 +73,16 @@ class LinearModeModel(AbstractConformationModel):
     @classmethod
     def from_files(
         cls, topology: str, trajectory: str, *, select: str = "all", hydrogens: bool = True,
-        n_modes: int = 2,
+        n_modes: int = 2, align: bool = False,
     ) -> LinearModeModel:
         """PCA of an MDAnalysis topology + trajectory."""
         frames, amps, widths, topo = read_trajectory(topology, trajectory, select, hydrogens)
-        return cls.from_frames(frames, amps, widths, topo, n_modes=n_modes)
+        return cls.from_frames(frames, amps, widths, topo, n_modes=n_modes, align=align)
 
     @classmethod
     def from_structure_file(
-        cls, path: str, *, hydrogens: bool = True, n_modes: int = 2
+        cls, path: str, *, hydrogens: bool = True, n_modes: int = 2, align: bool = False,
     ) -> LinearModeModel:
         """PCA of the models of a multi-model PDB/mmCIF."""
         frames, amps, widths, topo = read_multimodel(path, hydrogens)
-        return cls.from_frames(frames, amps, widths, topo, n_modes=n_modes)
+        return cls.from_frames(frames, amps, widths, topo, n_modes=n_modes, align=align)

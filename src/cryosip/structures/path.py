@@ -3,9 +3,14 @@ r"""User conformation models along a path of frames: ``x`` in ``[0, 1]`` = progr
 :class:`PathModel` interpolates frames (see :class:`~cryosip.structures.interp.FramePath`):
 frame ``f`` of ``F`` is at ``x = f/(F-1)``. Build it from any MDAnalysis topology +
 trajectory (:meth:`PathModel.from_files`) or a multi-model PDB/mmCIF
-(:meth:`PathModel.from_structure_file`, read with gemmi). Frames are superposed on the
-first frame (on CA atoms when there are any) and centred on the amplitude-weighted
-centroid of each frame, so ``x`` changes conformation only.
+(:meth:`PathModel.from_structure_file`, read with gemmi).
+
+**Frame.** By default the coordinates are kept as given: a user's model sits in the frame
+of their consensus map, which is the frame of the poses in the STAR file, and moving it
+(superposing, re-centring) shifts every projection away from the particles (see
+``docs/data.md``, "Frames"). ``align=True`` superposes the frames on the first one (on CA
+atoms when there are any) and centres each on its amplitude-weighted centroid, so ``x``
+changes conformation only and the frame is cryosip's own (the built-in models do this).
 
 >>> import jax.numpy as jnp
 >>> frames = np.zeros((3, 2, 3)); frames[:, 1, 0] = [1.0, 2.0, 3.0]
@@ -77,10 +82,11 @@ class PathModel(AbstractConformationModel):
         topology: Topology | None = None,
         *,
         interpolation: Interpolation = "cubic",
-        align: bool = True,
+        align: bool = False,
         coarse: str | None = None,
     ) -> PathModel:
-        """From coordinates (Å); ``coarse="residue"`` keeps one bead per residue."""
+        """From coordinates (Å), kept as given unless ``align`` (module docstring);
+        ``coarse="residue"`` keeps one bead per residue."""
         if coarse == "residue":
             topology = topology or Topology.generic(frames.shape[1])
             frames, amplitudes, widths_angstrom, topology = coarse_grain_residues(
@@ -109,22 +115,22 @@ class PathModel(AbstractConformationModel):
     @classmethod
     def from_files(
         cls, topology: str, trajectory: str, *, select: str = "all", hydrogens: bool = True,
-        interpolation: Interpolation = "cubic", coarse: str | None = None,
+        interpolation: Interpolation = "cubic", coarse: str | None = None, align: bool = False,
     ) -> PathModel:
         """From an MDAnalysis topology (PSF, PDB, GRO...) and trajectory (DCD, XTC...)."""
         frames, amps, widths, topo = read_trajectory(topology, trajectory, select, hydrogens)
         return cls.from_frames(frames, amps, widths, topo, interpolation=interpolation,
-                               coarse=coarse)
+                               coarse=coarse, align=align)
 
     @classmethod
     def from_structure_file(
         cls, path: str, *, hydrogens: bool = True, interpolation: Interpolation = "cubic",
-        coarse: str | None = None,
+        coarse: str | None = None, align: bool = False,
     ) -> PathModel:
         """From a multi-model PDB or mmCIF (every model has the same atoms in order)."""
         frames, amps, widths, topo = read_multimodel(path, hydrogens)
         return cls.from_frames(frames, amps, widths, topo, interpolation=interpolation,
-                               coarse=coarse)
+                               coarse=coarse, align=align)
 
 
 def _universe_topology(atoms) -> tuple[Topology, np.ndarray]:
