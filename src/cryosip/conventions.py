@@ -33,6 +33,8 @@ Converters (only ``io`` and the tests call them): cryojax's ``EulerAnglePose`` t
 RELION angles negated and its offset is ``-o``; its CTF is ``-1`` times RELION's and its
 astigmatism angle is ``90 - rlnDefocusAngle``. cryoDRGN's
 pose pickle holds ``rot = A`` (``parse_pose_star``) and ``trans = o / (pixel_size * box)``.
+cryoSPARC's ``alignments3D/pose`` is the rotation vector of ``A^T`` and
+``alignments3D/shift`` is ``o`` in pixels (:func:`cryosparc_to_relion_pose`).
 
 >>> float(electron_wavelength_angstrom(300.0))  # doctest: +ELLIPSIS
 0.01968...
@@ -55,6 +57,7 @@ __all__ = [
     "amplitude_contrast_phase",
     "cryodrgn_to_relion_pose",
     "cryojax_to_relion_euler",
+    "cryosparc_to_relion_pose",
     "electron_wavelength_angstrom",
     "image_centre_index",
     "pixel_centres_angstrom",
@@ -63,6 +66,7 @@ __all__ = [
     "relion_to_cryojax_ctf",
     "relion_to_cryojax_euler",
     "relion_to_cryojax_offset",
+    "relion_to_cryosparc_pose",
     "rfft_frequencies",
 ]
 
@@ -173,3 +177,80 @@ def cryodrgn_to_relion_pose(
     euler = np.asarray(matrix_to_euler(jnp.asarray(rot, dtype=float)), dtype=float)
     shift = np.asarray(trans, dtype=float) * (pixel_size_angstrom * box_size)
     return euler, shift
+
+
+# ---------------------------------------------------------------- cryoSPARC
+
+
+def _rotvec_to_matrix(rotvec: Float[np.ndarray, "*batch 3"]) -> np.ndarray:
+    """Rodrigues: ``exp([v]_x) = I + sin t K + (1 - cos t) K^2``, ``K = [v / t]_x``, ``t = |v|``."""
+    v = np.asarray(rotvec, dtype=np.float64)
+    theta = np.linalg.norm(v, axis=-1)[..., None, None]
+    k = v / np.where(theta[..., 0] > 0, theta[..., 0], 1.0)
+    zero = np.zeros_like(k[..., 0])
+    hat = np.stack([np.stack([zero, -k[..., 2], k[..., 1]], -1),
+                    np.stack([k[..., 2], zero, -k[..., 0]], -1),
+                    np.stack([-k[..., 1], k[..., 0], zero], -1)], -2)
+    return np.eye(3) + np.sin(theta) * hat + (1.0 - np.cos(theta)) * (hat @ hat)
+
+
+def _matrix_to_rotvec(matrix: Float[np.ndarray, "*batch 3 3"]) -> np.ndarray:
+    """Inverse of :func:`_rotvec_to_matrix` (angle in [0, pi]) through the unit quaternion
+    ``(w, x, y, z)``, each row by the formula of its largest component (Shepperd 1978)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    tr = np.trace(m, axis1=-2, axis2=-1)
+    skew = [m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]]
+    s01, s02 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]
+    s12 = m[..., 1, 2] + m[..., 2, 1]
+    cand = np.stack([tr, 2 * m[..., 0, 0] - tr, 2 * m[..., 1, 1] - tr, 2 * m[..., 2, 2] - tr], -1)
+    best = np.argmax(cand, axis=-1)
+    d = np.sqrt(1.0 + np.take_along_axis(cand, best[..., None], -1)[..., 0])  # 4 |q_best|^2 = d^2
+    rows = {0: (d * d, *skew), 1: (skew[0], d * d, s01, s02),
+            2: (skew[1], s01, d * d, s12), 3: (skew[2], s02, s12, d * d)}  # times 2 d
+    q = np.zeros(m.shape[:-2] + (4,))
+    for k, row in rows.items():
+        q = np.where((best == k)[..., None], np.stack(row, -1) / (2.0 * d[..., None]), q)
+    q = q * np.where(q[..., :1] < 0, -1.0, 1.0)
+    sin_half = np.linalg.norm(q[..., 1:], axis=-1)
+    angle = 2.0 * np.arctan2(sin_half, q[..., 0])
+    scale = np.where(sin_half > 0, angle / np.where(sin_half > 0, sin_half, 1.0), 2.0)
+    return q[..., 1:] * scale[..., None]
+
+
+def cryosparc_to_relion_pose(
+    rotvec: Float[np.ndarray, "n 3"],
+    shift_px: Float[np.ndarray, "n 2"],
+    pixel_size_angstrom: float | Float[np.ndarray, " n"],
+) -> tuple[Float[np.ndarray, "n 3"], Float[np.ndarray, "n 2"]]:
+    """RELION ``(euler_deg, shift_angstrom)`` from cryoSPARC ``alignments3D/pose, shift``.
+
+    cryoSPARC's pose is a rotation vector ``v`` (axis times angle, radians); its matrix
+    ``R = exp([v]_x)`` is the transpose of RELION's ``A``, and the shift (pixels of
+    ``pixel_size_angstrom``, the alignment's pixel size) is RELION's origin in pixels, same
+    sign: ``A = R^T``, ``o = shift_px * pixel_size_angstrom`` (cryoDRGN ``parse_pose_csparc``
+    and pyem ``csparc2star``; derivation in docs/conventions.md).
+
+    >>> e, o = cryosparc_to_relion_pose(np.array([[0.0, 0.0, np.pi / 2]]),
+    ...                                 np.array([[1.0, -2.0]]), 1.5)
+    >>> np.round(e, 6).tolist(), o.tolist()
+    ([[0.0, 0.0, 90.0]], [[1.5, -3.0]])
+    """
+    a = np.swapaxes(_rotvec_to_matrix(rotvec), -1, -2)
+    with jax.enable_x64(True):
+        euler = np.asarray(matrix_to_euler(jnp.asarray(a, dtype=jnp.float64)), dtype=float)
+    pixel = np.asarray(pixel_size_angstrom, dtype=float)
+    shift = np.asarray(shift_px, dtype=float) * (pixel[..., None] if pixel.ndim else pixel)
+    return euler, shift
+
+
+def relion_to_cryosparc_pose(
+    euler_deg: Float[np.ndarray, "n 3"],
+    shift_angstrom: Float[np.ndarray, "n 2"],
+    pixel_size_angstrom: float | Float[np.ndarray, " n"],
+) -> tuple[Float[np.ndarray, "n 3"], Float[np.ndarray, "n 2"]]:
+    """Inverse of :func:`cryosparc_to_relion_pose`: ``(rotvec, shift_px)``."""
+    with jax.enable_x64(True):
+        a = np.asarray(euler_to_matrix(jnp.asarray(euler_deg, dtype=jnp.float64)), dtype=float)
+    pixel = np.asarray(pixel_size_angstrom, dtype=float)
+    shift = np.asarray(shift_angstrom, dtype=float) / (pixel[..., None] if pixel.ndim else pixel)
+    return _matrix_to_rotvec(np.swapaxes(a, -1, -2)), shift
