@@ -23,6 +23,7 @@ import mrcfile
 import numpy as np
 from jaxtyping import Float
 
+from cryosip.conventions import image_centre_index
 from cryosip.errors import InputError
 
 __all__ = ["MrcStack", "create_stack", "open_stack", "write_stack"]
@@ -128,7 +129,15 @@ def create_stack(
 def write_map(
     path: str | os.PathLike, volume: Float[np.ndarray, "z y x"], voxel_size_angstrom: float
 ) -> None:
-    """Write a density map ``volume[z, y, x]`` as float32 MRC with the voxel size set."""
+    """Write a density map ``volume[z, y, x]`` as float32 MRC with the voxel size set.
+
+    The header origin puts voxel ``n // 2`` of each axis at 0 Å (cryosip's image centre,
+    :func:`cryosip.conventions.image_centre_index`), so a viewer (ChimeraX, Chimera, Coot)
+    overlays the map on the model's PDB, whose coordinates are in that frame.
+    """
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
         mrc.voxel_size = voxel_size_angstrom
+        nz, ny, nx = np.shape(volume)
+        mrc.header.origin = tuple(-image_centre_index(n) * float(voxel_size_angstrom)
+                                  for n in (nx, ny, nz))

@@ -26,6 +26,7 @@ from cryosip.pipeline.outputs import (
 )
 from cryosip.pipeline.reconstruct import ReconstructResult, reconstruct
 from cryosip.provenance import atomic_write_text, utc_now, write_provenance
+from cryosip.structures.factory import load_output_model
 
 __all__ = ["run_reconstruction", "summarise"]
 
@@ -92,8 +93,9 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     })
     summary = summarise(result)
     stack = result.data.stack
-    structures = write_structures(out_dir, result.model, positions, weights, config.quantiles,
-                                  stack.box_size, stack.pixel_size_angstrom)
+    # every atom of the model, even when the flow ran on residue beads
+    structures = write_structures(out_dir, load_output_model(config.model), positions, weights,
+                                  config.quantiles, stack.box_size, stack.pixel_size_angstrom)
     figures = write_figures(out_dir, result.model, positions, weights, history,
                             _image_pairs(result))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -101,7 +103,8 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
                      jax_devices=[str(d) for d in jax.devices()])
     sections = {"Run": summary,
                 "Structures at quantiles": {r["name"]: f"x = {r['x']}  ({r['pdb']}, {r['map']})"
-                                            for r in structures}}
+                                            for r in structures},
+                "Open in ChimeraX": {"command": "chimerax chimerax.cxc (from the run folder)"}}
     write_run_report(out_dir, f"cryosip reconstruction: {Path(config.particles).name}",
                      sections, figures)
     return result, summary
