@@ -71,19 +71,16 @@ def test_star_missing_optics_column(tmp_path):
     one_line(err, "particles.star", "field rlnVoltage")
 
 
-def test_star_rows_differ_from_stack(tmp_path):
+def test_star_subset_of_stack_is_accepted(tmp_path):
     star = make_dataset(tmp_path, n=6, n_rows=5)
-    with pytest.raises(InputError) as err:
-        read_particles(star)
-    one_line(err, "particles.star", "field rlnImageName", "6 rows", "found 5 rows")
-    assert len(read_particles(star, allow_subset=True)) == 5
+    assert len(read_particles(star)) == 5
 
 
 def test_star_index_beyond_stack(tmp_path):
     star = make_dataset(tmp_path, n=6, n_rows=7)
     with pytest.raises(InputError) as err:
-        read_particles(star, allow_subset=True)
-    one_line(err, "particles.star", "rlnImageName", "index 7")
+        read_particles(star)
+    one_line(err, "particles.star", "rlnImageName", "index 7 in row 7", "6 images")
 
 
 def test_nan_pixels(tmp_path):

@@ -183,7 +183,7 @@ def test_two_stacks_and_two_optics_groups(tmp_path):
                               "rlnAnglePsi": 0.0, "rlnDefocusU": 1e4,
                               "rlnOpticsGroup": [1, 2, 1, 2]})
     starfile.write({"optics": optics, "particles": particles}, tmp_path / "p.star")
-    stack = read_particles(tmp_path / "p.star", allow_subset=True)
+    stack = read_particles(tmp_path / "p.star")
     np.testing.assert_array_equal(stack.images[:], np.stack([a[2], b[0], a[0], b[1]]))
     assert [stack.optics[i].voltage_kv for i in stack.optics_index] == [300.0, 200.0] * 2
     np.testing.assert_array_equal(stack.table.defocus_v_angstrom, 1e4)  # V defaults to U

@@ -12,7 +12,11 @@ HELP = "fit a DTO baseline (fixed-support reweighting, per-image MAP, Gaussian m
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["reweight", "map", "gmm"], required=True)
-    p.add_argument("--particles", required=True, help="RELION STAR file")
+    p.add_argument("--particles", required=True,
+                   help="a RELION STAR file (3.0 or 3.1) or a cryoSPARC .cs file")
+    p.add_argument("--datadir", default=None, help="folder searched first for the stacks")
+    p.add_argument("--pixel-size", type=float, default=None, dest="pixel_size",
+                   help="pixel size in Å; overrides the particle file's")
     p.add_argument("--model", default="adk-path", help="as for reconstruct")
     p.add_argument("--coarse", choices=["residue", "none"], default="residue")
     p.add_argument("--out", required=True, help="run folder (new or empty)")
@@ -39,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     args.resume = False
     _check_out(Path(args.out), args)
     data_config = ReconstructConfig(
-        particles=args.particles, model=_model_spec(args), poses=args.poses,
+        particles=args.particles, datadir=args.datadir, pixel_size_angstrom=args.pixel_size,
+        model=_model_spec(args), poses=args.poses,
         flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
         seed=args.seed, progress=False,
     )

@@ -25,7 +25,14 @@ likelihood-free fit; choose --poses unknown only when no consensus refinement ex
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = _DEFAULTS_NOTE
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--particles", required=True, help="RELION STAR file (3.0 or 3.1)")
+    p.add_argument("--particles", required=True,
+                   help="a RELION STAR file (3.0 or 3.1) or a cryoSPARC .cs file")
+    p.add_argument("--datadir", default=None,
+                   help="folder searched first for the particle stacks (then the particle "
+                        "file's folder and its ancestors, as RELION does)")
+    p.add_argument("--pixel-size", type=float, default=None, dest="pixel_size",
+                   help="pixel size in Å; overrides the particle file's (default: the file's, "
+                        "else the first stack's MRC voxel size)")
     p.add_argument("--model", default="adk-path",
                    help="adk-path | adk-domains | hinge | a multi-model PDB/mmCIF | a YAML/JSON "
                         "model spec (default adk-path)")
@@ -92,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out, args)
     try:
         config = ReconstructConfig(
-            particles=args.particles, model=_model_spec(args), poses=args.poses,
+            particles=args.particles, datadir=args.datadir,
+            pixel_size_angstrom=args.pixel_size, model=_model_spec(args), poses=args.poses,
             discrepancy=args.discrepancy, n_particles=args.n_particles, steps=args.steps,
             step_size=args.step_size, max_displacement=args.max_displacement,
             batch_size=args.batch_size, n_draws=args.n_draws,

@@ -1,4 +1,5 @@
-"""Particle files in and out: ``.mrcs`` stacks, RELION STAR 3.0/3.1, cryoDRGN pickles.
+"""Particle files in and out: ``.mrcs`` stacks, RELION STAR 3.0/3.1, cryoSPARC ``.cs``,
+cryoDRGN pickles.
 
 Only this package calls the convention converters of :mod:`cryosip.conventions`; every
 reader checks its input once and raises :class:`cryosip.errors.InputError`.
@@ -10,8 +11,14 @@ from cryosip.io.cryodrgn import (
     write_cryodrgn_ctf,
     write_cryodrgn_poses,
 )
-from cryosip.io.mrc import MrcStack, create_stack, open_stack, write_map, write_stack
-from cryosip.io.particles import ParticleImages, ParticleStack, read_particles
+from cryosip.io.mrc import MrcStack, create_stack, open_stack, read_header, write_map, write_stack
+from cryosip.io.particles import (
+    ParticleImages,
+    ParticleStack,
+    read_particles,
+    read_table,
+    resolve_stack_path,
+)
 from cryosip.io.star import ParticleTable, read_star, write_star
 
 __all__ = [
@@ -23,8 +30,11 @@ __all__ = [
     "open_stack",
     "read_cryodrgn_ctf",
     "read_cryodrgn_poses",
+    "read_header",
     "read_particles",
     "read_star",
+    "read_table",
+    "resolve_stack_path",
     "write_cryodrgn_ctf",
     "write_cryodrgn_poses",
     "write_map",

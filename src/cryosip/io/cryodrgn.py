@@ -8,6 +8,10 @@
 
 Poses convert through :func:`cryosip.conventions.relion_to_cryodrgn_pose` and its inverse.
 
+Pickles are read with a restricted unpickler (:class:`SafeUnpickler`): only the globals
+that numpy arrays, dtypes and scalars need (protocols 2-5) are admitted, so a crafted
+``.pkl`` cannot run code on load (``pickle.load`` would call whatever it names).
+
 >>> import tempfile, os, jax.numpy as jnp
 >>> path = os.path.join(tempfile.mkdtemp(), "poses.pkl")
 >>> euler, shift = np.array([[10.0, 40.0, 70.0]]), np.array([[2.0, -4.0]])
@@ -28,8 +32,8 @@ import numpy as np
 from cryosip import conventions
 from cryosip.errors import InputError
 
-__all__ = ["CTF_COLUMNS", "read_cryodrgn_ctf", "read_cryodrgn_poses", "write_cryodrgn_ctf",
-           "write_cryodrgn_poses"]
+__all__ = ["ALLOWED_GLOBALS", "CTF_COLUMNS", "SafeUnpickler", "read_cryodrgn_ctf",
+           "read_cryodrgn_poses", "write_cryodrgn_ctf", "write_cryodrgn_poses"]
 
 CTF_COLUMNS = ("D", "Apix", "dfu", "dfv", "dfang", "volt", "cs", "w", "phase_shift")
 
@@ -44,14 +48,46 @@ def write_cryodrgn_poses(path: str | os.PathLike, euler_deg: np.ndarray,
         pickle.dump((rot.astype(np.float32), trans.astype(np.float32)), fh)
 
 
+#: ``(module, name)`` a pose or CTF pickle may name: numpy's array/dtype/scalar rebuilders
+#: (``numpy.core`` before numpy 2, ``numpy._core`` since) and ``_codecs.encode`` (bytes in
+#: protocol 2). Tuples, lists, bytes and numbers need no global.
+ALLOWED_GLOBALS = frozenset({
+    *((f"numpy.{core}.multiarray", n) for core in ("core", "_core")
+      for n in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _Refused(Exception):
+    pass
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that admits only :data:`ALLOWED_GLOBALS` (numpy arrays, dtypes, tuples)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        if module.startswith("numpy.core."):  # numpy 2 moved it; avoid its deprecation shim
+            module = module.replace("numpy.core.", "numpy._core.", 1)
+        return super().find_class(module, name)
+
+
 def _load(path: str | os.PathLike):
     if not Path(path).is_file():
         raise InputError(str(path), None, "an existing pickle", "no such file")
     with open(path, "rb") as fh:
         try:
-            return pickle.load(fh)
+            return SafeUnpickler(fh).load()
+        except _Refused as err:
+            raise InputError(str(path), None, "a pickle of numpy arrays and tuples only",
+                             f"a pickle naming {err} (refused: loading it could run code)"
+                             ) from None
         except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
-            raise InputError(str(path), None, "a pickle", f"unreadable ({err})") from None
+            raise InputError(str(path), None, "a pickle",
+                             f"unreadable ({str(err).splitlines()[0] if str(err) else err!r})"
+                             ) from None
 
 
 def read_cryodrgn_poses(path: str | os.PathLike, *, box_size: int,

@@ -6,6 +6,12 @@ larger than memory is fine; :func:`open_stack` checks the header against the fil
 (truncation), the shape (3-D, square) and, unless ``check_nan=False``, scans the pixels
 for NaN/inf in chunks. Every problem is an :class:`~cryosip.errors.InputError`.
 
+Headers written by older tools are often sloppy (a zero map ID ``"MAP "`` at byte 208, a
+zero machine stamp at byte 212): such stacks are read permissively (``mrcfile``'s
+``permissive=True``) and the problem is logged as a warning on the ``"cryosip"`` logger.
+A stack ``mrcfile`` cannot read even so (an unknown data mode) is an ``InputError``, and so
+is a compressed stack (``.gz``/``.bz2``/``.xz`` or gzip/bzip2/xz bytes): decompress it first.
+
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "s.mrcs")
 >>> write_stack(path, np.zeros((3, 8, 8), np.float32), pixel_size_angstrom=2.0)
@@ -16,7 +22,9 @@ for NaN/inf in chunks. Every problem is an :class:`~cryosip.errors.InputError`.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -26,9 +34,12 @@ from jaxtyping import Float
 from cryosip.conventions import image_centre_index
 from cryosip.errors import InputError
 
-__all__ = ["MrcStack", "create_stack", "open_stack", "write_stack"]
+__all__ = ["MrcStack", "create_stack", "open_stack", "read_header", "write_stack"]
 
 _NAN_CHUNK = 512
+_LOG = logging.getLogger("cryosip")
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+_COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zip": "zip"}
 
 
 class MrcStack:
@@ -61,14 +72,47 @@ class MrcStack:
         self.close()
 
 
+def _check_not_compressed(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    kind = _COMPRESSED_SUFFIXES.get(path.suffix.lower())
+    kind = kind or next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+    if kind:
+        raise InputError(str(path), None, "an uncompressed MRC stack",
+                         f"a {kind}-compressed stack: decompress it first "
+                         f"(e.g. gunzip / bunzip2 / unxz) and point the STAR file at it")
+
+
 def _expected_bytes(path: Path) -> tuple[int, int]:
     """``(expected, actual)`` file sizes from the header (1024 + extended + data)."""
-    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-        h = mrc.header
-        dtype = mrcfile.utils.data_dtype_from_header(h)
-        n_voxels = int(h.nx) * int(h.ny) * int(h.nz)
-        expected = 1024 + int(h.nsymbt) + n_voxels * np.dtype(dtype).itemsize
+    with warnings.catch_warnings():  # the permissive mmap below logs header problems once
+        warnings.simplefilter("ignore")
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            h = mrc.header
+            dtype = mrcfile.utils.data_dtype_from_header(h)
+            n_voxels = int(h.nx) * int(h.ny) * int(h.nz)
+            expected = 1024 + int(h.nsymbt) + n_voxels * np.dtype(dtype).itemsize
     return expected, path.stat().st_size
+
+
+def _mmap_permissive(path: Path):
+    """``mrcfile.mmap(permissive=True)``; its header warnings go to the "cryosip" logger."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            handle = mrcfile.mmap(path, mode="r", permissive=True)
+        except (ValueError, OSError) as err:
+            raise InputError(str(path), "header", "an MRC header",
+                             str(err).splitlines()[0]) from None
+    problems = [str(w.message).splitlines()[0] for w in caught]
+    if handle.data is None:
+        handle.close()
+        raise InputError(str(path), "header", "an MRC stack mrcfile can read",
+                         "; ".join(problems) or "no data block")
+    if problems:
+        _LOG.warning("%s: non-standard MRC header, read permissively: %s", path,
+                     "; ".join(problems))
+    return handle
 
 
 def open_stack(path: str | os.PathLike, *, check_nan: bool = True) -> MrcStack:
@@ -76,6 +120,7 @@ def open_stack(path: str | os.PathLike, *, check_nan: bool = True) -> MrcStack:
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), None, "an existing .mrcs file", "no such file")
+    _check_not_compressed(path)
     try:
         expected, actual = _expected_bytes(path)
     except ValueError as err:
@@ -83,7 +128,7 @@ def open_stack(path: str | os.PathLike, *, check_nan: bool = True) -> MrcStack:
     if actual < expected:
         raise InputError(str(path), "data", f"{expected} bytes from the header",
                          f"{actual} bytes (truncated file)")
-    handle = mrcfile.mmap(path, mode="r")
+    handle = _mmap_permissive(path)
     data = handle.data if handle.data.ndim == 3 else handle.data[None]
     if data.ndim != 3 or data.shape[1] != data.shape[2]:
         shape = handle.data.shape
@@ -93,6 +138,28 @@ def open_stack(path: str | os.PathLike, *, check_nan: bool = True) -> MrcStack:
     if check_nan:
         _check_finite(path, data, handle)
     return MrcStack(path, handle, data)
+
+
+def read_header(path: str | os.PathLike) -> tuple[int, int, float]:
+    """``(n_images, box_size, pixel_size_angstrom)`` from a stack's header alone.
+
+    Same checks as :func:`open_stack` on the file itself (exists, not compressed, a header
+    ``mrcfile`` reads permissively); the data is not touched.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), None, "an existing .mrcs file", "no such file")
+    _check_not_compressed(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                h = mrc.header
+                n, box, voxel = max(int(h.nz), 1), int(h.nx), float(mrc.voxel_size.x)
+        except (ValueError, OSError) as err:
+            raise InputError(str(path), "header", "an MRC header",
+                             str(err).splitlines()[0]) from None
+    return n, box, voxel
 
 
 def _check_finite(path: Path, data: np.ndarray, handle) -> None:

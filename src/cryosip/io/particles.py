@@ -1,12 +1,18 @@
-"""A particle data set: a STAR file with its images, read lazily (:func:`read_particles`).
+"""A particle data set: a STAR or cryoSPARC ``.cs`` file with its images, read lazily.
 
-``rlnImageName`` is ``"<index>@<stack>"`` with a 1-based index and the stack path relative
-to the STAR file's folder. The images stay memory-mapped; ``stack.images[i:j]`` reads only
-those images. Checks (each an :class:`~cryosip.errors.InputError` naming file and field):
-needed STAR columns, finite values, stack files present and valid (size, shape, finite
-pixels), indices within the stack, the row count equal to the stack length when the
-whole STAR refers to a single stack (unless ``allow_subset=True``), and box sizes equal
-to the optics table's ``rlnImageSize``.
+:func:`read_particles` reads the table (:func:`read_table`: RELION STAR 3.0/3.1 by
+:func:`cryosip.io.star.read_star`, ``.cs`` by :func:`cryosip.io.cryosparc.read_cs`) and
+memory-maps the stacks; ``stack.images[i:j]`` reads only those images. Each image name is
+``"<index>@<stack>"`` with a 1-based index. The stack path is resolved as RELION does
+(:func:`resolve_stack_path`): ``datadir`` first (``DIR/name``, then ``DIR/basename``),
+then the particle file's folder, then each of its ancestors (a RELION project root, from
+which ``Refine3D/job012/run_data.star`` names ``Extract/job007/Micrographs/x.mrcs``); a
+leading ``>`` (cryoSPARC) is dropped. Any subset of a stack, in any order, is accepted.
+Checks (each an :class:`~cryosip.errors.InputError` naming file and field): needed
+columns, finite values, stack files found and valid (size, shape, finite pixels), indices
+within their stack, one box size across stacks equal to the optics table's
+``rlnImageSize``. When no column carries a pixel size, the first stack's MRC voxel size
+is used (logged); ``pixel_size_angstrom`` overrides the file's.
 
 >>> import tempfile, os, jax.numpy as jnp
 >>> from cryosip.forward import ImageNuisance, Optics
@@ -31,10 +37,11 @@ import numpy as np
 
 from cryosip.errors import InputError
 from cryosip.forward import ImageNuisance, Optics
-from cryosip.io.mrc import MrcStack, open_stack
+from cryosip.io.mrc import MrcStack, open_stack, read_header
 from cryosip.io.star import ParticleTable, read_star
 
-__all__ = ["ParticleImages", "ParticleStack", "read_particles"]
+__all__ = ["ParticleImages", "ParticleStack", "read_particles", "read_table",
+           "resolve_stack_path", "split_image_names"]
 
 
 class ParticleImages:
@@ -98,13 +105,48 @@ class ParticleStack:
         return self.images.shape[1]
 
 
-def _split_names(path: Path, names: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+def resolve_stack_path(name: str, source_file: str | os.PathLike,
+                       datadir: str | os.PathLike | None, *, field: str = "rlnImageName",
+                       ) -> Path:
+    """The stack file that ``name`` (as written in ``source_file``) refers to.
+
+    Tried in order: ``datadir/name``, ``datadir/basename(name)``, the source file's folder
+    ``/name``, then each ancestor folder ``/name``; a leading ``>`` is dropped first. The
+    error lists every place tried.
+
+    >>> import tempfile, os
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "Extract", "job007"))
+    >>> os.makedirs(os.path.join(root, "Refine3D", "job012"))
+    >>> open(os.path.join(root, "Extract", "job007", "x.mrcs"), "wb").close()
+    >>> star = os.path.join(root, "Refine3D", "job012", "run_data.star")
+    >>> resolve_stack_path("Extract/job007/x.mrcs", star, None).relative_to(root).as_posix()
+    'Extract/job007/x.mrcs'
+    """
+    clean = str(name).strip().removeprefix(">")
+    tried: list[Path] = []
+    if datadir is not None:
+        tried += [Path(datadir) / clean, Path(datadir) / Path(clean).name]
+    source_dir = Path(source_file).parent
+    tried += [source_dir / clean, *(a / clean for a in source_dir.absolute().parents)]
+    unique = list(dict.fromkeys(tried))
+    for candidate in unique:
+        if candidate.is_file():
+            return candidate
+    raise InputError(str(source_file), field, f"an existing stack file {name!r}",
+                     "missing: not at " + ", ".join(str(c) for c in unique)
+                     + ("" if datadir is not None else "; pass --datadir"))
+
+
+def split_image_names(path: str | os.PathLike, names: np.ndarray, field: str = "rlnImageName",
+                      ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(stack names, file index per row, 0-based image index per row)`` of ``"i@stack"``."""
     files, file_index, image_index = [], np.empty(len(names), int), np.empty(len(names), int)
     lookup: dict[str, int] = {}
     for row, name in enumerate(names):
         index, sep, stack = str(name).partition("@")
-        if not sep or not index.strip().isdigit() or int(index) < 1:
-            raise InputError(str(path), "rlnImageName", "'<index>@<stack>' with index >= 1",
+        if not sep or not index.strip().isdigit() or int(index) < 1 or not stack.strip():
+            raise InputError(str(path), field, "'<index>@<stack>' with index >= 1",
                              f"{name!r} in row {row + 1}")
         file_index[row] = lookup.setdefault(stack, len(lookup))
         image_index[row] = int(index) - 1
@@ -113,41 +155,84 @@ def _split_names(path: Path, names: np.ndarray) -> tuple[list[str], np.ndarray, 
     return files, file_index, image_index
 
 
+def _check_datadir(datadir: str | os.PathLike | None) -> None:
+    if datadir is not None and not Path(datadir).is_dir():
+        raise InputError("command line", "--datadir", "an existing folder", str(datadir))
+
+
+def _header_pixel_size(source: Path, datadir):
+    """The pixel-size fallback of :func:`read_star`: the first stack's MRC voxel size."""
+    def fallback(image_name: str) -> tuple[float, str] | None:
+        try:
+            stack = resolve_stack_path(image_name.partition("@")[2], source, datadir)
+            return read_header(stack)[2], str(stack)
+        except InputError:
+            return None
+    return fallback
+
+
+def read_table(
+    path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
+    require_poses: bool = False, datadir: str | os.PathLike | None = None,
+) -> ParticleTable:
+    """The particle table of a STAR or ``.cs`` file, without opening the stacks.
+
+    Only a STAR file with no pixel-size column reads one header: the first stack's voxel
+    size (resolved with ``datadir`` as in :func:`resolve_stack_path`).
+    """
+    path = Path(path)
+    _check_datadir(datadir)
+    if path.suffix.lower() == ".cs":
+        from cryosip.io.cryosparc import read_cs
+
+        return read_cs(path, pixel_size_angstrom=pixel_size_angstrom,
+                       require_poses=require_poses)
+    return read_star(path, pixel_size_angstrom=pixel_size_angstrom,
+                     require_poses=require_poses,
+                     pixel_size_fallback=_header_pixel_size(path, datadir))
+
+
 def read_particles(
-    star_path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
-    require_poses: bool = True, allow_subset: bool = False, check_nan: bool = True,
+    path: str | os.PathLike, *, datadir: str | os.PathLike | None = None,
+    pixel_size_angstrom: float | None = None, require_poses: bool = True,
+    check_nan: bool = True,
 ) -> ParticleStack:
-    """Read and check a particle STAR file and open its stacks lazily (module docstring)."""
-    star_path = Path(star_path)
-    table = read_star(star_path, pixel_size_angstrom=pixel_size_angstrom,
-                      require_poses=require_poses)
-    files, file_index, image_index = _split_names(star_path, table.image_names)
+    """Read and check a particle file and open its stacks lazily (module docstring)."""
+    path = Path(path)
+    table = read_table(path, pixel_size_angstrom=pixel_size_angstrom,
+                       require_poses=require_poses, datadir=datadir)
+    field = "blob/path" if path.suffix.lower() == ".cs" else "rlnImageName"
+    files, file_index, image_index = split_image_names(path, table.image_names, field)
     stacks: list[MrcStack] = []
     try:
         for f, name in enumerate(files):
-            stack_path = star_path.parent / name
-            if not stack_path.is_file():
-                raise InputError(str(star_path), "rlnImageName", "an existing stack file",
-                                 f"missing {stack_path}")
+            stack_path = resolve_stack_path(name, path, datadir, field=field)
             stacks.append(open_stack(stack_path, check_nan=check_nan))
-            _check_rows(star_path, stacks[-1], image_index[file_index == f],
-                        len(files) == 1 and not allow_subset, table.box_size)
+            _check_rows(path, stacks[-1], image_index, file_index == f, field)
+            _check_box(stacks[-1], stacks[0], table.box_size)
     except InputError:
         for stack in stacks:
             stack.close()
         raise
-    return ParticleStack(str(star_path), ParticleImages(stacks, file_index, image_index), table)
+    return ParticleStack(str(path), ParticleImages(stacks, file_index, image_index), table)
 
 
-def _check_rows(star_path: Path, stack: MrcStack, indices: np.ndarray, whole: bool,
-                box_size: int | None) -> None:
-    name = Path(stack.path).name
-    if whole and len(indices) != len(stack):
-        raise InputError(str(star_path), "rlnImageName",
-                         f"{len(stack)} rows (the length of {name})", f"{len(indices)} rows")
-    if indices.max() >= len(stack):
-        raise InputError(str(star_path), "rlnImageName", f"indices <= {len(stack)} ({name})",
-                         f"index {int(indices.max()) + 1}")
+def _check_rows(path: Path, stack: MrcStack, image_index: np.ndarray, mine: np.ndarray,
+                field: str) -> None:
+    beyond = np.flatnonzero(mine & (image_index >= len(stack)))
+    if len(beyond):
+        row = int(beyond[0])
+        raise InputError(str(path), field,
+                         f"indices 1..{len(stack)} ({Path(stack.path).name} holds "
+                         f"{len(stack)} images)",
+                         f"index {image_index[row] + 1} in row {row + 1}"
+                         + (f" and {len(beyond) - 1} more rows" if len(beyond) > 1 else ""))
+
+
+def _check_box(stack: MrcStack, first: MrcStack, box_size: int | None) -> None:
     if box_size is not None and stack.box_size != box_size:
         raise InputError(str(stack.path), "shape", f"box {box_size} (rlnImageSize)",
+                         f"box {stack.box_size}")
+    if stack.box_size != first.box_size:
+        raise InputError(str(stack.path), "shape", f"box {first.box_size} as in {first.path}",
                          f"box {stack.box_size}")

@@ -2,9 +2,18 @@
 
 RELION 3.1 has a ``data_optics`` table (``rlnOpticsGroup``, ``rlnVoltage`` kV,
 ``rlnSphericalAberration`` mm, ``rlnAmplitudeContrast``, ``rlnImagePixelSize`` Å,
-``rlnImageSize``) and a ``data_particles`` table with shifts ``rlnOriginX/YAngst`` in Å.
+``rlnImageSize``) and a ``data_particles`` table whose ``rlnOpticsGroup`` names each
+particle's group. Optics are taken per particle from its own group; groups no particle
+uses are ignored; the groups that are used may differ in voltage, Cs and amplitude
+contrast but not in pixel size or box (an error naming the groups). Shifts are
+``rlnOriginX/YAngst`` in Å or ``rlnOriginX/Y`` in pixels (times the particle's group pixel
+size); when both are present they must agree to 0.01 pixel.
 RELION 3.0 has one table: optics per particle, shifts ``rlnOriginX/Y`` in pixels and the
-pixel size from ``rlnDetectorPixelSize`` (µm) * 1e4 / ``rlnMagnification``, or given.
+pixel size per row from ``rlnImagePixelSize`` or ``rlnDetectorPixelSize`` (µm) * 1e4 /
+``rlnMagnification`` (rows must agree). A ``pixel_size_angstrom`` given to the reader
+overrides the file (logged); when no column carries one, ``pixel_size_fallback`` (the
+first stack's MRC voxel size, see :func:`cryosip.io.particles.read_particles`) is asked,
+and logged on the ``"cryosip"`` logger.
 Numbers are kept in RELION's conventions, which are cryosip's (:mod:`cryosip.conventions`):
 ``ImageNuisance`` takes them as they are. Written floats use the shortest decimal that
 reads back to the same value, so a round trip is exact.
@@ -15,14 +24,16 @@ reads back to the same value, so a round trip is exact.
 >>> w = ImageNuisance.create(jnp.array([[10.0, 20.0, 30.0]]), defocus_u_angstrom=15000.0)
 >>> write_star(path, w, Optics(), pixel_size_angstrom=2.0, box_size=64)
 >>> table = read_star(path)
->>> table.euler_deg.tolist(), table.pixel_size_angstrom
-([[10.0, 20.0, 30.0]], 2.0)
+>>> table.euler_deg.tolist(), table.pixel_size_angstrom, table.optics_group_names
+([[10.0, 20.0, 30.0]], 2.0, ('1',))
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -38,11 +49,23 @@ __all__ = ["ParticleTable", "read_star", "write_star"]
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 OPTICS_COLUMNS = {"rlnVoltage": "voltage_kv", "rlnSphericalAberration": "cs_mm",
                   "rlnAmplitudeContrast": "amplitude_contrast"}
+#: Origins in Å and in pixels count as equal within this fraction of a pixel (rounding).
+ORIGIN_TOLERANCE_PIXELS = 0.01
+_LOG = logging.getLogger("cryosip")
+
+#: ``fallback(first_image_name) -> (pixel_size_angstrom, where) | None``.
+PixelSizeFallback = Callable[[str], "tuple[float, str] | None"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ParticleTable:
-    """The numbers of a STAR file, per particle (RELION conventions, Å and degrees)."""
+    """The numbers of a particle file, per particle (RELION conventions, Å and degrees).
+
+    ``optics`` has one :class:`Optics` per optics group that particles use (in the file's
+    order), ``optics_index[i]`` is particle ``i``'s 0-based index into it and
+    ``optics_group_names[k]`` the file's name of group ``k`` (``rlnOpticsGroup``) for
+    messages. ``image_names`` are ``"<1-based index>@<stack path as written>"``.
+    """
 
     image_names: np.ndarray
     euler_deg: np.ndarray
@@ -56,16 +79,30 @@ class ParticleTable:
     pixel_size_angstrom: float
     box_size: int | None
     poses_known: bool = True
+    optics_group_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(len(self.image_names))
 
     def nuisance(self) -> ImageNuisance:
-        """The per-particle :class:`ImageNuisance` (leading axis ``n``)."""
+        """The per-particle :class:`ImageNuisance` (leading axis ``n``); ``optics_group``
+        is ``optics_index`` (0-based into ``optics``)."""
         f = lambda a: jnp.asarray(a, dtype=jnp.float32)
         return ImageNuisance(f(self.euler_deg), f(self.shift_angstrom),
                              f(self.defocus_u_angstrom), f(self.defocus_v_angstrom),
-                             f(self.astigmatism_angle_deg), f(self.phase_shift_deg))
+                             f(self.astigmatism_angle_deg), f(self.phase_shift_deg),
+                             jnp.asarray(self.optics_index, dtype=jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Groups:
+    """Optics of the used groups, per-particle index, pixel size per particle, box."""
+
+    optics: tuple[Optics, ...]
+    index: np.ndarray
+    names: tuple[str, ...]
+    pixel_rows: np.ndarray
+    box: int | None
 
 
 def _blocks(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame]:
@@ -96,62 +133,170 @@ def _column(path: Path, df: pd.DataFrame, name: str, default: float | None = Non
     return values
 
 
-def _optics_31(path: Path, optics: pd.DataFrame, particles: pd.DataFrame):
-    groups = _column(path, optics, "rlnOpticsGroup").astype(int).tolist()
-    cols = [_column(path, optics, c) for c in OPTICS_COLUMNS]
+def _same_across_groups(path: Path, field: str, names, values, unit: str) -> None:
+    """One value across the used groups, else an error naming each group's value."""
+    if len(np.unique(values)) > 1:
+        found = ", ".join(f"group {n}: {v:g}{unit}" for n, v in zip(names, values, strict=True))
+        raise InputError(str(path), field, "one value across the optics groups particles use",
+                         found)
+
+
+def _positive_pixel(source: str, field: str, value: float) -> float:
+    if not np.isfinite(value) or value <= 0:
+        raise InputError(source, field, "a pixel size > 0 Å", f"{value}")
+    return float(value)
+
+
+def _no_pixel_column(path: Path, names: np.ndarray, fallback: PixelSizeFallback | None,
+                     ) -> float:
+    """The fallback's pixel size (logged), or the error telling to pass --pixel-size."""
+    found = fallback(str(names[0])) if fallback is not None and len(names) else None
+    if found is None or not np.isfinite(found[0]) or found[0] <= 0:
+        where = "" if found is None else f" and voxel size {found[0]} in {found[1]}"
+        raise InputError(str(path), "pixel size", "a pixel-size column (rlnImagePixelSize, "
+                         "or rlnDetectorPixelSize and rlnMagnification) or an MRC voxel size",
+                         f"none{where}; pass --pixel-size")
+    _LOG.warning("%s: no pixel-size column; using %g Å, the voxel size of %s "
+                 "(pass --pixel-size to set it)", path, found[0], found[1])
+    return float(found[0])
+
+
+def _given_pixel(path: Path, given: float, in_file: np.ndarray | None) -> float:
+    given = _positive_pixel("command line", "--pixel-size", given)
+    if in_file is not None and np.any(np.abs(in_file - given) > 1e-6 * given):
+        _LOG.warning("%s: pixel size %g Å given; it overrides the file's %s Å", path, given,
+                     ", ".join(f"{v:g}" for v in np.unique(in_file)))
+    else:
+        _LOG.info("%s: pixel size %g Å given", path, given)
+    return given
+
+
+def _optics_31(path: Path, optics: pd.DataFrame, particles: pd.DataFrame,
+               given: float | None, fallback: PixelSizeFallback | None) -> _Groups:
+    group_ids = _column(path, optics, "rlnOpticsGroup").astype(int)
+    if len(group_ids) == 0 or len(np.unique(group_ids)) != len(group_ids):
+        raise InputError(str(path), "rlnOpticsGroup", "each optics group once in data_optics",
+                         f"{group_ids.tolist()}")
+    pgroup = _column(path, particles, "rlnOpticsGroup", float(group_ids[0])).astype(int)
+    unknown = set(pgroup.tolist()) - set(group_ids.tolist())
+    if unknown:
+        raise InputError(str(path), "rlnOpticsGroup", f"one of {group_ids.tolist()}",
+                         f"{sorted(unknown)}")
+    rows = [k for k, g in enumerate(group_ids) if g in set(pgroup.tolist())]
+    used = optics.iloc[rows]
+    names = tuple(str(g) for g in group_ids[rows])
+    cols = [_column(path, used, c) for c in OPTICS_COLUMNS]
     table = tuple(Optics(voltage_kv=float(v), cs_mm=float(c), amplitude_contrast=float(w))
                   for v, c, w in zip(*cols, strict=True))
-    pixel = np.unique(_column(path, optics, "rlnImagePixelSize"))
-    if len(pixel) != 1:
-        raise InputError(str(path), "rlnImagePixelSize", "one pixel size", f"{pixel.tolist()}")
-    box = np.unique(_column(path, optics, "rlnImageSize", 0.0)).astype(int)
-    pgroup = _column(path, particles, "rlnOpticsGroup", float(groups[0])).astype(int).tolist()
-    unknown = set(pgroup) - set(groups)
-    if unknown:
-        raise InputError(str(path), "rlnOpticsGroup", f"one of {groups}", f"{sorted(unknown)}")
-    lookup = {g: i for i, g in enumerate(groups)}
-    index = np.array([lookup[g] for g in pgroup], dtype=int)
-    return table, index, float(pixel[0]), int(box[0]) if len(box) == 1 and box[0] > 0 else None
+    lookup = {int(g): k for k, g in enumerate(group_ids[rows])}
+    index = np.array([lookup[int(g)] for g in pgroup], dtype=int)
+    in_file = (_column(path, used, "rlnImagePixelSize")
+               if "rlnImagePixelSize" in used.columns else None)
+    if given is not None:
+        pixel = np.full(len(rows), _given_pixel(path, given, in_file))
+    elif in_file is not None:
+        for v in in_file:
+            _positive_pixel(str(path), "rlnImagePixelSize", v)
+        pixel = in_file
+    else:
+        pixel = np.full(len(rows), _no_pixel_column(path, _names(particles), fallback))
+    _same_across_groups(path, "rlnImagePixelSize", names, pixel, " Å")
+    box = None
+    if "rlnImageSize" in used.columns:
+        boxes = _column(path, used, "rlnImageSize").astype(int)
+        _same_across_groups(path, "rlnImageSize", names, boxes, " px")
+        box = int(boxes[0]) if len(boxes) and boxes[0] > 0 else None
+    return _Groups(table, index, names, pixel[index], box)
 
 
-def _optics_30(path: Path, particles: pd.DataFrame, pixel_size_angstrom: float | None):
+def _pixel_30(path: Path, particles: pd.DataFrame, given: float | None,
+              fallback: PixelSizeFallback | None) -> float:
+    cols = particles.columns
+    if "rlnImagePixelSize" in cols:
+        field, rows = "rlnImagePixelSize", _column(path, particles, "rlnImagePixelSize")
+    elif "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
+        field = "rlnDetectorPixelSize"
+        rows = (_column(path, particles, "rlnDetectorPixelSize") * 1e4
+                / _column(path, particles, "rlnMagnification"))
+    else:
+        field, rows = None, None
+    if given is not None:
+        return _given_pixel(path, given, rows)
+    if rows is None:
+        return _no_pixel_column(path, _names(particles), fallback)
+    off = np.flatnonzero(np.abs(rows - rows[0]) > 1e-6 * abs(rows[0]))
+    if len(off):
+        raise InputError(str(path), field, "one pixel size on every row",
+                         f"{rows[0]:g} Å in row 1, {rows[off[0]]:g} Å in row {off[0] + 1}")
+    return _positive_pixel(str(path), field, float(rows[0]))
+
+
+def _optics_30(path: Path, particles: pd.DataFrame, given: float | None,
+               fallback: PixelSizeFallback | None) -> _Groups:
     cols = np.stack([_column(path, particles, c) for c in OPTICS_COLUMNS], axis=1)
     unique, index = np.unique(cols, axis=0, return_inverse=True)
     table = tuple(Optics(*map(float, row)) for row in unique)
-    if pixel_size_angstrom is None:
-        if "rlnImagePixelSize" in particles.columns:
-            pixel_size_angstrom = float(_column(path, particles, "rlnImagePixelSize")[0])
-        else:
-            det = _column(path, particles, "rlnDetectorPixelSize")
-            mag = _column(path, particles, "rlnMagnification")
-            pixel_size_angstrom = float(det[0] * 1e4 / mag[0])
-    return table, index.ravel(), pixel_size_angstrom, None
+    pixel = _pixel_30(path, particles, given, fallback)
+    names = tuple(str(k + 1) for k in range(len(table)))
+    return _Groups(table, index.ravel().astype(int), names, np.full(len(particles), pixel),
+                   None)
+
+
+def _names(particles: pd.DataFrame) -> np.ndarray:
+    return particles["rlnImageName"].astype(str).to_numpy()
+
+
+def _shifts(path: Path, particles: pd.DataFrame, pixel_rows: np.ndarray) -> np.ndarray:
+    """Origins in Å from ``rlnOriginX/YAngst`` or ``rlnOriginX/Y`` (pixels); both must agree."""
+    cols = particles.columns
+    has_angst = any(f"rlnOrigin{a}Angst" in cols for a in "XY")
+    has_pixels = any(f"rlnOrigin{a}" in cols for a in "XY")
+    angst = np.stack([_column(path, particles, f"rlnOrigin{a}Angst", 0.0) for a in "XY"], 1)
+    pixels = np.stack([_column(path, particles, f"rlnOrigin{a}", 0.0) for a in "XY"], 1)
+    from_pixels = pixels * pixel_rows[:, None]
+    if has_angst and has_pixels:
+        tol = ORIGIN_TOLERANCE_PIXELS * pixel_rows[:, None]
+        bad = np.argwhere(np.abs(angst - from_pixels) > tol)
+        if len(bad):
+            r, k = (int(i) for i in bad[0])
+            raise InputError(str(path), f"rlnOrigin{'XY'[k]}Angst",
+                             f"rlnOrigin{'XY'[k]} x pixel size ({pixel_rows[r]:g} Å) when both "
+                             "are given", f"{angst[r, k]:g} Å vs {pixels[r, k]:g} px = "
+                             f"{from_pixels[r, k]:g} Å in row {r + 1}")
+    return angst if has_angst else from_pixels
 
 
 def read_star(
     path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
-    require_poses: bool = True,
+    require_poses: bool = True, pixel_size_fallback: PixelSizeFallback | None = None,
 ) -> ParticleTable:
-    """Read a RELION 3.0 or 3.1 particle STAR file (checks columns and values)."""
+    """Read a RELION 3.0 or 3.1 particle STAR file (checks columns and values).
+
+    ``pixel_size_angstrom`` overrides the file's; ``pixel_size_fallback(first_image_name)``
+    gives ``(pixel size, where it was read)`` when no column carries one (module docstring).
+    """
     path = Path(path)
     optics, particles = _blocks(path)
     if "rlnImageName" not in particles.columns:
         raise InputError(str(path), "rlnImageName", "a column", "none")
+    if len(particles) == 0:
+        raise InputError(str(path), "data_particles", "at least one particle", "no rows")
     if optics is not None:
-        table, index, pixel, box = _optics_31(path, optics, particles)
-        shift = np.stack([_column(path, particles, f"rlnOrigin{a}Angst", 0.0) for a in "XY"], 1)
+        groups = _optics_31(path, optics, particles, pixel_size_angstrom, pixel_size_fallback)
     else:
-        table, index, pixel, box = _optics_30(path, particles, pixel_size_angstrom)
-        shift = np.stack([_column(path, particles, f"rlnOrigin{a}", 0.0) for a in "XY"], 1) * pixel
+        groups = _optics_30(path, particles, pixel_size_angstrom, pixel_size_fallback)
+    shift = _shifts(path, particles, groups.pixel_rows)
     known = require_poses or all(c in particles.columns for c in POSE_COLUMNS)
     euler = np.stack([_column(path, particles, c, None if require_poses else 0.0)
                       for c in POSE_COLUMNS], axis=1)
     du = _column(path, particles, "rlnDefocusU")
     dv = _column(path, particles, "rlnDefocusV") if "rlnDefocusV" in particles.columns else du
+    pixel = float(groups.pixel_rows[0])
     return ParticleTable(
-        particles["rlnImageName"].astype(str).to_numpy(), euler, shift, du, dv.copy(),
+        _names(particles), euler, shift, du, dv.copy(),
         _column(path, particles, "rlnDefocusAngle", 0.0),
-        _column(path, particles, "rlnPhaseShift", 0.0), table, index, pixel, box, known)
+        _column(path, particles, "rlnPhaseShift", 0.0), groups.optics, groups.index, pixel,
+        groups.box, known, groups.names)
 
 
 def _shortest(values: np.ndarray) -> list[str]:

@@ -34,7 +34,10 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
     out_dir = Path(out_dir)
     known = data_config.poses == "known"
     model = load_model(data_config.model)
-    data = prepare_data(read_particles(data_config.particles, require_poses=known), model,
+    stack = read_particles(data_config.particles, require_poses=known,
+                           datadir=data_config.datadir,
+                           pixel_size_angstrom=data_config.pixel_size_angstrom)
+    data = prepare_data(stack, model,
                         known_poses=known, flow_box=data_config.flow_box,
                         heldout_fraction=data_config.heldout_fraction, seed=data_config.seed,
                         offset=data_config.offset, contrast=data_config.contrast,

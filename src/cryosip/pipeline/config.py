@@ -17,6 +17,10 @@ __all__ = ["ReconstructConfig"]
 class ReconstructConfig(BaseModel):
     """Every number of a reconstruction; ``particles`` and ``model`` say what to fit.
 
+    ``particles`` is a RELION STAR or a cryoSPARC ``.cs`` file; ``datadir`` is searched
+    first for its stacks and ``pixel_size_angstrom`` overrides the file's pixel size
+    (:func:`cryosip.io.read_particles`).
+
     ``batch_size=None`` takes 128 images per minibatch for KL and 256 for MMD, whose
     minibatch gradients are noisier (AdK, N = 10000, SNR 0.01, known poses: MMD W1 0.043
     at 128, 0.038 at 256).
@@ -34,6 +38,8 @@ class ReconstructConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     particles: str
+    datadir: str | None = None
+    pixel_size_angstrom: float | None = Field(None, gt=0)
     model: str | dict = "adk-path"
     poses: Literal["known", "unknown"] = "known"
     discrepancy: Literal["kl", "mmd"] = "kl"

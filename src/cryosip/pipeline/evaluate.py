@@ -100,7 +100,9 @@ def _heldout_mmd(run_dir: Path, ens: dict, positions, weights, x_true) -> dict[s
     from cryosip.structures.factory import load_model
 
     model = load_model(config.model)
-    data = prepare_data(read_particles(config.particles), model, known_poses=True,
+    stack = read_particles(config.particles, datadir=config.datadir,
+                           pixel_size_angstrom=config.pixel_size_angstrom)
+    data = prepare_data(stack, model, known_poses=True,
                         flow_box=int(ens["flow_box"]), heldout_fraction=config.heldout_fraction,
                         seed=config.seed, offset=float(ens["offset"]),
                         contrast=float(ens["contrast"]), noise_std=float(ens["noise_std"]))

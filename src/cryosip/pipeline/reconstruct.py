@@ -169,7 +169,8 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     known = config.poses == "known"
-    stack = read_particles(config.particles, require_poses=known)
+    stack = read_particles(config.particles, require_poses=known, datadir=config.datadir,
+                           pixel_size_angstrom=config.pixel_size_angstrom)
     model = load_model(config.model)
     data = prepare_data(stack, model, known_poses=known, flow_box=config.flow_box,
                         heldout_fraction=config.heldout_fraction, seed=config.seed,
