@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "evaluate",
     "demo",
     "baseline",
+    "convert",
     "inspect",
 )
 

@@ -5,12 +5,14 @@ Only this package calls the convention converters of :mod:`cryosip.conventions`;
 reader checks its input once and raises :class:`cryosip.errors.InputError`.
 """
 
+from cryosip.io.convert import cryodrgn_to_star, cs_to_star, write_table_star
 from cryosip.io.cryodrgn import (
     read_cryodrgn_ctf,
     read_cryodrgn_poses,
     write_cryodrgn_ctf,
     write_cryodrgn_poses,
 )
+from cryosip.io.cryosparc import read_cs
 from cryosip.io.mrc import MrcStack, create_stack, open_stack, read_header, write_map, write_stack
 from cryosip.io.particles import (
     ParticleImages,
@@ -27,9 +29,12 @@ __all__ = [
     "ParticleStack",
     "ParticleTable",
     "create_stack",
+    "cryodrgn_to_star",
+    "cs_to_star",
     "open_stack",
     "read_cryodrgn_ctf",
     "read_cryodrgn_poses",
+    "read_cs",
     "read_header",
     "read_particles",
     "read_star",
@@ -40,4 +45,5 @@ __all__ = [
     "write_map",
     "write_stack",
     "write_star",
+    "write_table_star",
 ]
