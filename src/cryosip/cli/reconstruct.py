@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "15x faster than all atoms)")
     p.add_argument("--out", required=True, help="run folder (created; refused if non-empty)")
     p.add_argument("--poses", choices=["known", "unknown"], default="known")
+    p.add_argument("--register", choices=["none", "translation"], default="translation",
+                   help="estimate the model's 3-D offset from the images before the flow "
+                        "(known poses; default translation)")
+    p.add_argument("--align-frames", action="store_true",
+                   help="superpose a file model's frames on the first and centre each one "
+                        "(default: keep the coordinates as given, the consensus map's frame)")
     p.add_argument("--discrepancy", choices=["kl", "mmd"], default="kl")
     p.add_argument("--n-particles", type=int, default=32)
     p.add_argument("--steps", type=int, default=300)
@@ -82,6 +88,13 @@ def _model_spec(args) -> str | dict:
         spec = yaml.safe_load(path.read_text())
     if isinstance(spec, str) and spec in ("adk-path", "adk-domains") and args.coarse != "none":
         spec = {"name": spec, "coarse": args.coarse}
+    if args.align_frames:
+        if spec in ("adk-path", "adk-domains", "hinge") or (isinstance(spec, dict)
+                                                           and "name" in spec):
+            raise InputError("command line", "--align-frames", "a file model (PDB/mmCIF, "
+                             "topology + trajectory)", f"the built-in model {args.model!r}")
+        spec = {**spec, "align": True} if isinstance(spec, dict) else {"structure": spec,
+                                                                       "align": True}
     return spec
 
 
@@ -107,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             mmd_features=args.mmd_features, mmd_bandwidth=args.mmd_bandwidth,
             flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
             temperature=args.temperature, wfr=args.wfr, seed=args.seed,
-            progress=not args.no_progress,
+            progress=not args.no_progress, registration=args.register,
         )
     except ValidationError as err:
         first = err.errors()[0]

@@ -21,6 +21,9 @@ class ReconstructConfig(BaseModel):
     first for its stacks and ``pixel_size_angstrom`` overrides the file's pixel size
     (:func:`cryosip.io.read_particles`).
 
+    ``registration="translation"`` (known poses) first estimates the model's global 3-D offset
+    from the images and moves the model by it (:mod:`cryosip.pipeline.register`).
+
     ``batch_size=None`` takes 128 images per minibatch for KL and 256 for MMD, whose
     minibatch gradients are noisier (AdK, N = 10000, SNR 0.01, known poses: MMD W1 0.043
     at 128, 0.038 at 256).
@@ -42,6 +45,7 @@ class ReconstructConfig(BaseModel):
     pixel_size_angstrom: float | None = Field(None, gt=0)
     model: str | dict = "adk-path"
     poses: Literal["known", "unknown"] = "known"
+    registration: Literal["none", "translation"] = "translation"
     discrepancy: Literal["kl", "mmd"] = "kl"
     n_particles: int = Field(32, ge=1)
     steps: int = Field(300, ge=1)

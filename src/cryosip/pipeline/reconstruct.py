@@ -16,6 +16,7 @@ KL: importance sampling of ``p(y | x)`` with ``n_draws`` draws).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -41,8 +42,10 @@ from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
 from cryosip.measures.features import RadialPowerSpectrum
 from cryosip.pipeline.config import ReconstructConfig
-from cryosip.pipeline.data import PreparedData, prepare_data
+from cryosip.pipeline.data import PreparedData, estimate_scale, prepare_data
+from cryosip.pipeline.register import Registration, boundary_warning, register_translation
 from cryosip.structures.factory import load_model
+from cryosip.structures.translated import TranslatedModel
 
 __all__ = ["ReconstructResult", "build_operator", "fit_flow", "fit_flow_for_benchmark",
            "initial_measure", "reconstruct"]
@@ -58,6 +61,17 @@ class ReconstructResult:
     operator: CryoEMOperator
     model: object
     wall_time_s: float
+    registration: Registration | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def registration_record(self) -> dict:
+        """``registration`` for the report and provenance (method ``none`` when skipped)."""
+        if self.registration is not None:
+            return self.registration.record()
+        reason = ("--register none" if self.config.registration == "none"
+                  else "skipped: poses unknown (the offset is absorbed by the pose search)")
+        return {"method": "none", "reason": reason}
 
 
 def build_operator(data: PreparedData, model, known_poses: bool) -> CryoEMOperator:
@@ -177,8 +191,28 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
                         offset=config.offset, contrast=config.contrast,
                         noise_std=config.noise_std)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
+    registration, model, data = _register(config, data, model, known)
     operator = build_operator(data, model, known)
     source = data.source(data.train_index, with_nuisance=known)
     flow = fit_flow(config, operator, model, source, Checkpointer(out_dir / "checkpoint.npz"),
                     resume)
-    return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0)
+    warnings = registration.warnings if registration is not None else ()
+    edge = boundary_warning(model, *flow.measure.to_numpy())
+    warnings += (edge,) if edge else ()
+    return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0,
+                             registration, warnings)
+
+
+def _register(config: ReconstructConfig, data: PreparedData, model, known: bool):
+    """``(registration, model, data)``: the model moved by its estimated offset and the
+    contrast re-estimated with it (known poses and ``registration="translation"``), else as
+    given (:mod:`cryosip.pipeline.register`)."""
+    if not known or config.registration == "none":
+        if not known and config.registration != "none":
+            logging.getLogger("cryosip").info("registration skipped: poses unknown")
+        return None, model, data
+    registration = register_translation(data, model, seed=config.seed)
+    model = TranslatedModel(model, registration.offset_angstrom)
+    scale = estimate_scale(data, model, known, 500, config.seed, config.offset,
+                           config.contrast, config.noise_std)
+    return registration, model, dataclasses.replace(data, scale=scale)

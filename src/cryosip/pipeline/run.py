@@ -27,6 +27,7 @@ from cryosip.pipeline.outputs import (
 from cryosip.pipeline.reconstruct import ReconstructResult, reconstruct
 from cryosip.provenance import atomic_write_text, utc_now, write_provenance
 from cryosip.structures.factory import load_output_model
+from cryosip.structures.translated import TranslatedModel
 
 __all__ = ["run_reconstruction", "summarise"]
 
@@ -94,14 +95,19 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     summary = summarise(result)
     stack = result.data.stack
     # every atom of the model, even when the flow ran on residue beads
-    structures = write_structures(out_dir, load_output_model(config.model), positions, weights,
+    output_model = load_output_model(config.model)
+    if result.registration is not None:  # in the particles' frame, as the flow saw it
+        output_model = TranslatedModel(output_model, result.registration.offset_angstrom)
+    structures = write_structures(out_dir, output_model, positions, weights,
                                   config.quantiles, stack.box_size, stack.pixel_size_angstrom)
     figures = write_figures(out_dir, result.model, positions, weights, history,
                             _image_pairs(result))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_provenance(out_dir, config, config.seed, argv, started, scale=_scale_record(result),
+                     registration=result.registration_record, warnings=list(result.warnings),
                      jax_devices=[str(d) for d in jax.devices()])
-    sections = {"Run": summary,
+    sections = {"Run": summary, "Registration": result.registration_record,
+                **({"Warnings": dict(enumerate(result.warnings, 1))} if result.warnings else {}),
                 "Structures at quantiles": {r["name"]: f"x = {r['x']}  ({r['pdb']}, {r['map']})"
                                             for r in structures},
                 "Open in ChimeraX": {"command": "chimerax chimerax.cxc (from the run folder)"}}
