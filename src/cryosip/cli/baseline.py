@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from cryosip.errors import InputError
+
 NAME = "baseline"
 HELP = "fit a DTO baseline (fixed-support reweighting, per-image MAP, Gaussian mixture in x)"
 
@@ -42,15 +46,20 @@ def run(args: argparse.Namespace) -> int:
 
     args.resume = False
     _check_out(Path(args.out), args)
-    data_config = ReconstructConfig(
-        particles=args.particles, datadir=args.datadir, pixel_size_angstrom=args.pixel_size,
-        model=_model_spec(args), poses=args.poses,
-        flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
-        seed=args.seed, progress=False,
-    )
-    baseline = BaselineConfig(support=args.support, n_support=args.n_support,
-                              prior_concentration=args.prior_concentration,
-                              n_components=args.n_components, seed=args.seed)
+    try:
+        data_config = ReconstructConfig(
+            particles=args.particles, datadir=args.datadir, pixel_size_angstrom=args.pixel_size,
+            model=_model_spec(args), poses=args.poses,
+            flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
+            seed=args.seed, progress=False,
+        )
+        baseline = BaselineConfig(support=args.support, n_support=args.n_support,
+                                  prior_concentration=args.prior_concentration,
+                                  n_components=args.n_components, seed=args.seed)
+    except ValidationError as err:  # a flag out of range: one line, exit 2
+        first = err.errors()[0]
+        raise InputError("command line", "--" + str(first["loc"][0]).replace("_", "-"),
+                         first["msg"], repr(first.get("input"))) from None
     summary = run_baseline(args.method, data_config, baseline, args.out, argv=args.argv)
     print(json.dumps(summary))
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -110,7 +110,8 @@ def format_report(summary: dict) -> str:
               f"{g['n_particles']:9d}" for g in summary["optics_groups"]]
     lines.append("stack  images  used  status")
     for s in summary["stacks"]:
-        status = s.get("error", "ok") if s["readable"] or "error" in s else "unreadable"
+        status = s.get("error", "ok")
+        status = "missing (see --json)" if "found missing" in status else status
         lines.append(f"{s['path']}  {s['n_images'] if s['n_images'] is not None else '-'}  "
                      f"{s['n_referenced']}  {status}")
     return "\n".join(lines)
