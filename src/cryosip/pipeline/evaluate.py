@@ -86,7 +86,8 @@ def populations(positions, weights, states: dict, x_true=None) -> dict[str, dict
     return out
 
 
-def _heldout_mmd(run_dir: Path, ens: dict, positions, weights, x_true) -> dict[str, Any]:
+def _heldout_mmd(run_dir: Path, ens: dict, positions, weights, x_true,
+                 datadir: str | Path | None = None) -> dict[str, Any]:
     from cryosip.discrepancies import GaussianKernel, conditional_mmd2
     from cryosip.pipeline.config import ReconstructConfig
     from cryosip.pipeline.data import prepare_data
@@ -100,7 +101,7 @@ def _heldout_mmd(run_dir: Path, ens: dict, positions, weights, x_true) -> dict[s
     from cryosip.structures.factory import load_model
 
     model = load_model(config.model)
-    stack = read_particles(config.particles, datadir=config.datadir,
+    stack = read_particles(config.particles, datadir=datadir or config.datadir,
                            pixel_size_angstrom=config.pixel_size_angstrom)
     data = prepare_data(stack, model, known_poses=True,
                         flow_box=int(ens["flow_box"]), heldout_fraction=config.heldout_fraction,
@@ -144,7 +145,7 @@ def _comparison_figure(run_dir: Path, positions, weights, truth_npz: Path) -> Pa
 
 
 def evaluate_run(run_dir: str | Path, truth: str | Path | None = None,
-                 heldout: bool = True) -> dict[str, Any]:
+                 heldout: bool = True, datadir: str | Path | None = None) -> dict[str, Any]:
     """Scores of the run in ``run_dir`` (module docstring) as a JSON-ready dict."""
     run_dir = Path(run_dir)
     ens = _load_npz(run_dir / "ensemble.npz", ("positions", "weights"))
@@ -166,5 +167,5 @@ def evaluate_run(run_dir: str | Path, truth: str | Path | None = None,
             if states:
                 result["populations"] = populations(positions, weights, states, x_true)
         if heldout and "heldout_index" in ens and "particles" in config:
-            result.update(_heldout_mmd(run_dir, ens, positions, weights, x_true))
+            result.update(_heldout_mmd(run_dir, ens, positions, weights, x_true, datadir))
     return result
