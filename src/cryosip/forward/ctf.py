@@ -10,15 +10,25 @@ with ``Delta z(alpha) = (d_U + d_V)/2 + (d_U - d_V)/2 cos 2(alpha - alpha_ast)``
 sign (+1: RELION, white particles; -1: cryojax/cryoDRGN). Reference: RELION ``src/ctf.h``
 ``CTF::getCTF``; Mindell & Grigorieff (2003) for the defocus convention.
 
+Several optics groups: ``Optics.stack([o1, o2, ...])`` holds each field as an array of
+shape ``(groups,)``; :func:`ctf_rfft` takes the image's own group,
+``optics.select(nuisance.optics_group)`` (a gather of five scalars per image; a scalar
+``Optics`` ignores the group).
+
 >>> import jax.numpy as jnp
 >>> from cryosip.forward.config import ImageConfig
 >>> from cryosip.forward.pose import ImageNuisance
 >>> c = ctf_rfft(Optics(), ImageNuisance.create(jnp.zeros(3)), ImageConfig(8, 2.0))
 >>> round(float(c[0, 0]), 6)   # +w at k = 0
 0.1
+>>> two = Optics.stack([Optics(), Optics(voltage_kv=200.0, cs_mm=1.4)])
+>>> two.n_groups, float(two.select(1).voltage_kv)
+(2, 200.0)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -34,29 +44,53 @@ __all__ = ["Optics", "apply_ctf", "ctf_rfft", "sin_fast"]
 
 
 class Optics(eqx.Module):
-    """Microscope optics shared by all images of an optics group."""
+    """Microscope optics shared by all images of an optics group.
 
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
-    b_factor_angstrom2: float = 0.0
-    contrast_sign: float = conventions.RELION_CONTRAST_SIGN
+    Scalar fields: one group for every image. Built by :meth:`stack`: each field an array
+    of shape ``(groups,)``, indexed by ``ImageNuisance.optics_group`` (0-based).
+    """
+
+    voltage_kv: float | Float[Array, " groups"] = 300.0
+    cs_mm: float | Float[Array, " groups"] = 2.7
+    amplitude_contrast: float | Float[Array, " groups"] = 0.1
+    b_factor_angstrom2: float | Float[Array, " groups"] = 0.0
+    contrast_sign: float | Float[Array, " groups"] = conventions.RELION_CONTRAST_SIGN
 
     @property
-    def wavelength_angstrom(self) -> Float[Array, ""]:
+    def wavelength_angstrom(self) -> Float[Array, "*groups"]:
         return conventions.electron_wavelength_angstrom(self.voltage_kv)
+
+    @property
+    def n_groups(self) -> int | None:
+        """Number of stacked groups, ``None`` for a scalar ``Optics``."""
+        return None if jnp.ndim(self.voltage_kv) == 0 else int(jnp.shape(self.voltage_kv)[0])
+
+    @classmethod
+    def stack(cls, groups: Sequence[Optics]) -> Optics:
+        """One ``Optics`` whose fields are arrays of shape ``(len(groups),)``, in order."""
+        if not groups or any(g.n_groups is not None for g in groups):
+            raise ValueError("Optics.stack takes a non-empty sequence of scalar Optics")
+        return jax.tree.map(lambda *v: jnp.asarray(np.array(v, dtype=float)), *groups)
+
+    def select(self, group: Int[Array, ""] | int) -> Optics:
+        """The scalar ``Optics`` of ``group`` (0-based); a scalar ``Optics`` is returned as is."""
+        if self.n_groups is None:
+            return self
+        return jax.tree.map(lambda a: a[group], self)
 
 
 def ctf_rfft(
     optics: Optics, nuisance: ImageNuisance, config: ImageConfig
 ) -> Float[Array, "box half"]:
-    """The CTF of one image on the ``rfft2`` grid (see the module docstring).
+    """The CTF of one image on the ``rfft2`` grid (see the module docstring), with the
+    optics of the image's own group (``optics.select(nuisance.optics_group)``).
 
     The astigmatic term is expanded without angles: with ``theta = 2 alpha_ast``,
     ``k^2 Delta z = dbar k^2 + (d_U - d_V)/2 [cos theta (k_x^2 - k_y^2) + sin theta 2 k_x k_y]``
     (``cos 2 alpha = (k_x^2 - k_y^2)/k^2``, ``sin 2 alpha = 2 k_x k_y / k^2``), so each image
     costs one ``sin`` per frequency and the ``k`` grids are compile-time constants.
     """
+    optics = optics.select(nuisance.optics_group)
     ky = np.fft.fftfreq(config.box_size, d=config.pixel_size_angstrom)[:, None]
     kx = np.fft.rfftfreq(config.box_size, d=config.pixel_size_angstrom)[None, :]
     k2, dxy, cross = kx**2 + ky**2, kx**2 - ky**2, 2.0 * kx * ky

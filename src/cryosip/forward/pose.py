@@ -11,10 +11,23 @@ The prior :class:`NuisancePrior` draws Haar-uniform rotations, a mean defocus
 ``a = astigmatism_angstrom``, an astigmatism angle ``~ U(0, 180)``, shifts
 ``~ N(0, shift_std^2 I)`` and zero phase shift.
 
+**Optics groups.** ``optics_group`` (integer, 0-based) says which group of a stacked
+:class:`~cryosip.forward.ctf.Optics` (``Optics.stack``) the image's CTF uses; it is 0 by
+default and ignored by a scalar ``Optics``. The prior draws it from
+``optics_group_probs`` (the data's group frequencies, see
+:mod:`cryosip.pipeline.data`), independently of pose and defocus, or sets it to 0 when
+that is ``None``. It is an integer leaf: differentiate with ``eqx.filter_grad`` or with
+respect to other arguments (``jax.grad`` over the conformation is unaffected).
+
 >>> import jax
 >>> w = NuisancePrior(shift_std_angstrom=2.0).sample(jax.random.key(0), 5)
 >>> w.euler_deg.shape, w.shift_angstrom.shape, w.defocus_u_angstrom.shape
 ((5, 3), (5, 2), (5,))
+>>> w.optics_group.tolist()
+[0, 0, 0, 0, 0]
+>>> g = NuisancePrior(optics_group_probs=(0.0, 1.0)).sample(jax.random.key(0), 3)
+>>> g.optics_group.tolist()
+[1, 1, 1]
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from cryosip.rotations import sample_uniform_euler
 
@@ -32,7 +45,11 @@ __all__ = ["ImageNuisance", "NuisancePrior"]
 
 
 class ImageNuisance(eqx.Module):
-    """Pose, in-plane shift and CTF parameters of one image (or a batch, leading axes)."""
+    """Pose, in-plane shift and CTF parameters of one image (or a batch, leading axes).
+
+    ``optics_group`` (int, same batch shape) indexes a stacked ``Optics``; when omitted
+    it is filled with zeros of the batch shape of ``euler_deg``.
+    """
 
     euler_deg: Float[Array, "*batch 3"]
     shift_angstrom: Float[Array, "*batch 2"]
@@ -40,6 +57,11 @@ class ImageNuisance(eqx.Module):
     defocus_v_angstrom: Float[Array, "*batch"]
     astigmatism_angle_deg: Float[Array, "*batch"]
     phase_shift_deg: Float[Array, "*batch"]
+    optics_group: Int[Array, "*batch"] = None
+
+    def __post_init__(self):
+        if self.optics_group is None:
+            self.optics_group = jnp.zeros(jnp.shape(self.euler_deg)[:-1], dtype=jnp.int32)
 
     @classmethod
     def create(
@@ -50,6 +72,7 @@ class ImageNuisance(eqx.Module):
         defocus_v_angstrom=None,
         astigmatism_angle_deg=0.0,
         phase_shift_deg=0.0,
+        optics_group=0,
     ) -> ImageNuisance:
         """Fill defaults and broadcast every leaf to the batch shape of ``euler_deg``."""
         euler = jnp.asarray(euler_deg, dtype=float)
@@ -59,7 +82,8 @@ class ImageNuisance(eqx.Module):
         scalars = (defocus_u_angstrom, dv, astigmatism_angle_deg, phase_shift_deg)
         scalars = [jnp.broadcast_to(jnp.asarray(s, dtype=euler.dtype), batch) for s in scalars]
         shift = jnp.broadcast_to(jnp.asarray(shift, dtype=euler.dtype), (*batch, 2))
-        return cls(euler, shift, *scalars)
+        group = jnp.broadcast_to(jnp.asarray(optics_group, dtype=jnp.int32), batch)
+        return cls(euler, shift, *scalars, group)
 
     def __len__(self) -> int:
         return int(self.euler_deg.shape[0])
@@ -76,6 +100,7 @@ class NuisancePrior(eqx.Module):
     astigmatism_angstrom: float = 0.0
     shift_std_angstrom: float = 0.0
     poses: Literal["uniform", "identity"] = eqx.field(default="uniform", static=True)
+    optics_group_probs: tuple[float, ...] | None = eqx.field(default=None, static=True)
 
     def sample(self, key: PRNGKeyArray, n: int) -> ImageNuisance:
         """``n`` i.i.d. nuisances; image ``i`` uses ``fold_in(key, i)`` (prefix-stable)."""
@@ -93,4 +118,14 @@ class NuisancePrior(eqx.Module):
         half = 0.5 * self.astigmatism_angstrom
         angle = jax.random.uniform(k_ang, (), minval=0.0, maxval=180.0)
         shift = self.shift_std_angstrom * jax.random.normal(k_shift, (2,))
-        return ImageNuisance(euler, shift, mean + half, mean - half, angle, jnp.zeros(()))
+        group = self._sample_group(key)
+        return ImageNuisance(euler, shift, mean + half, mean - half, angle, jnp.zeros(()), group)
+
+    def _sample_group(self, key: PRNGKeyArray) -> Int[Array, ""]:
+        """The optics group ~ ``optics_group_probs`` (a key of its own: the other draws
+        do not change when groups are added)."""
+        if self.optics_group_probs is None:
+            return jnp.zeros((), dtype=jnp.int32)
+        logits = jnp.log(jnp.asarray(self.optics_group_probs, dtype=jnp.float32))
+        k_group = jax.random.fold_in(key, 0x0971C5)
+        return jax.random.categorical(k_group, logits).astype(jnp.int32)

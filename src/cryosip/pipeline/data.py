@@ -12,6 +12,15 @@ image-space MMD; the split is a permutation from the run's seed.
 
 Images are read from the memory-mapped stack only when a minibatch asks for them
 (:meth:`PreparedData.observations`).
+
+**Optics groups.** ``PreparedData.optics`` is ``Optics.stack(stack.optics)``: one entry
+per optics group of the particle file (the reader keeps the groups particles use, in
+order), indexed by each image's ``optics_group`` (``stack.optics_index``, 0-based), so
+voltage, Cs and amplitude contrast, like defocus, are taken per image. Pixel size and box
+are common to all groups (the reader refuses files where they differ). When poses are
+unknown the prior draws each simulated image's group with the training images' group
+frequencies (:attr:`PreparedData.optics_group_probs`), independently of pose and
+defocus.
 """
 
 from __future__ import annotations
@@ -67,7 +76,10 @@ class DataScale:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-    """Everything the flow needs from a particle stack (module docstring)."""
+    """Everything the flow needs from a particle stack (module docstring).
+
+    ``optics`` is stacked (fields of shape ``(groups,)``), indexed by ``optics_group``.
+    """
 
     stack: ParticleStack
     train_index: np.ndarray
@@ -80,6 +92,13 @@ class PreparedData:
     @property
     def image_config(self) -> ImageConfig:
         return ImageConfig(self.flow_box, self.flow_pixel_size_angstrom)
+
+    @property
+    def optics_group_probs(self) -> tuple[float, ...]:
+        """Fraction of the training images in each optics group (``optics`` order)."""
+        counts = np.bincount(self.stack.optics_index[self.train_index],
+                             minlength=self.optics.n_groups)
+        return tuple(float(c) for c in counts / max(1, counts.sum()))
 
     def raw_images(self, index: np.ndarray) -> np.ndarray:
         """Cropped images in data units (no scaling), in the order of ``index``."""
@@ -126,12 +145,14 @@ class StackSource:
         return self.data.observations(self.index[np.asarray(rows)], self.with_nuisance)
 
 
-def _single_optics(stack: ParticleStack) -> Optics:
-    groups = set(np.unique(stack.optics_index).tolist())
-    if len(groups) > 1:
-        raise InputError(stack.path, "rlnOpticsGroup", "a single optics group",
-                         f"{len(groups)} groups; split the STAR file per optics group")
-    return stack.optics[0] if len(stack.optics) == 1 else stack.optics[groups.pop() - 1]
+def _stacked_optics(stack: ParticleStack) -> Optics:
+    """``Optics.stack(stack.optics)``, after checking every image's group is one of them."""
+    index = np.asarray(stack.optics_index)
+    n = len(stack.optics)
+    if n == 0 or index.min(initial=0) < 0 or index.max(initial=0) >= n:
+        raise InputError(stack.path, "rlnOpticsGroup", f"optics groups 1..{n}",
+                         f"indices {np.unique(index).tolist()} (0-based)")
+    return Optics.stack(stack.optics)
 
 
 def _split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +233,7 @@ def prepare_data(stack: ParticleStack, model: AbstractConformationModel, *, know
                          f"--flow-box {flow_box}")
     train, held = _split(len(stack), heldout_fraction, seed)
     pixel = stack.pixel_size_angstrom * box / flow_box
-    data = PreparedData(stack, train, held, flow_box, pixel, _single_optics(stack),
+    data = PreparedData(stack, train, held, flow_box, pixel, _stacked_optics(stack),
                         DataScale(0.0, 1.0, 1.0, ()))
     scale = estimate_scale(data, model, known_poses, n_scale_images, seed, offset, contrast,
                            noise_std)

@@ -8,7 +8,8 @@ writes the outputs (:mod:`cryosip.pipeline.outputs`).
 
 Known poses: the nuisance of every image (pose, shift, CTF) comes from the STAR file and
 the objective pairs particles with it (conditional MMD, or the likelihood
-``p(y_n | x, w_n)``). Unknown poses: poses are drawn from the uniform prior on SO(3) and
+``p(y_n | x, w_n)``). Unknown poses: poses are drawn from the uniform prior on SO(3),
+optics groups with the data's group frequencies and
 CTFs from a uniform defocus range spanning the data's defoci (MMD: simulation;
 KL: importance sampling of ``p(y | x)`` with ``n_draws`` draws).
 """
@@ -82,7 +83,8 @@ def build_operator(data: PreparedData, model, known_poses: bool) -> CryoEMOperat
         mean_defocus = 0.5 * (np.asarray(w.defocus_u_angstrom) + np.asarray(w.defocus_v_angstrom))
         astig = float(np.mean(np.abs(np.asarray(w.defocus_u_angstrom)
                                      - np.asarray(w.defocus_v_angstrom))))
-        prior = NuisancePrior((float(mean_defocus.min()), float(mean_defocus.max())), astig)
+        prior = NuisancePrior((float(mean_defocus.min()), float(mean_defocus.max())), astig,
+                              optics_group_probs=data.optics_group_probs)
     return CryoEMOperator(model, data.image_config, data.optics, prior,
                           data.scale.noise_std_model)
 
