@@ -148,10 +148,13 @@ def test_read_cs_bad_fields_name_file_and_field(tmp_path, case):
     assert words in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("content", ["missing", "garbage", "plain array", "pickled object"])
+@pytest.mark.parametrize("content", ["missing", "garbage", "plain array", "pickled object",
+                                     "CSDAT"])
 def test_read_cs_unreadable_files(tmp_path, content):
     path = tmp_path / "x.cs"
-    if content == "garbage":
+    if content == "CSDAT":  # cryosparc-tools' compressed format (magic b"\x94CSDAT")
+        path.write_bytes(b"\x94CSDAT" + bytes(64))
+    elif content == "garbage":
         path.write_bytes(b"\x93NUMPY garbage that is not an npy header")
     elif content == "plain array":
         np.save(path.with_suffix(".npy"), np.zeros((3, 4)))
@@ -162,6 +165,8 @@ def test_read_cs_unreadable_files(tmp_path, content):
     with pytest.raises(InputError) as err:
         read_cs(path)
     assert err.value.source == str(path) and "\n" not in str(err.value)
+    if content == "CSDAT":
+        assert "NUMPY_FORMAT" in str(err.value)
 
 
 # ------------------------------------------------------------------ cryoDRGN's parser

@@ -1,7 +1,8 @@
 """cryoSPARC ``.cs`` particle files: read into a :class:`ParticleTable` (RELION conventions).
 
 A ``.cs`` file is a numpy ``.npy`` file holding a structured array, one row per particle
-(read with ``np.load(path, allow_pickle=False)``). Fields read:
+(read with ``np.load(path, allow_pickle=False)``; cryosparc-tools' newer compressed
+``CSDAT`` format is refused with the way to re-save it). Fields read:
 
 * ``blob/path`` (bytes; a leading ``>`` is kept, :func:`resolve_stack_path` strips it),
   ``blob/idx`` (0-based index in the stack), ``blob/psize_A`` (Å; optional when a pixel
@@ -56,6 +57,11 @@ CTF_FIELDS = ("ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/accel_kv", "ctf
 def _load(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(str(path), None, "an existing cryoSPARC .cs file", "no such file")
+    with open(path, "rb") as fh:
+        if fh.read(6) == b"\x94CSDAT":
+            raise InputError(str(path), None, "a .cs file in cryoSPARC's numpy format",
+                             "the compressed CSDAT format; re-save it with cryosparc-tools "
+                             "(Dataset.load(p).save(q, format=NUMPY_FORMAT))")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - numpy raises many kinds
