@@ -184,3 +184,24 @@ def test_write_table_star_round_trip_is_exact_with_three_groups(tmp_path):
     assert {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(blocks["particles"].columns)
     assert "rlnOriginX" not in blocks["particles"].columns
     np.testing.assert_array_equal(blocks["particles"]["rlnOpticsGroup"], table.optics_index + 1)
+
+
+def test_cs_and_its_converted_star_open_the_same_images(tmp_path):
+    """With the stacks in a cryoSPARC project folder, ``read_particles`` finds them from the
+    ``.cs`` (``>`` paths) and from the converted STAR, and gives the same images."""
+    from cryosip.io import cs_to_star, read_particles
+
+    extract = tmp_path / "J7" / "extract"
+    extract.mkdir(parents=True)
+    rng = np.random.default_rng(17)
+    for g in range(2):
+        write_stack(extract / f"mic{g}_particles.mrc",
+                    rng.normal(size=(3, 32, 32)).astype(np.float32), 1.37)
+    (tmp_path / "J9").mkdir()
+    cs = write_cs(tmp_path / "J9" / "particles.cs", cs_rows(6, rng, box=32))
+    star = tmp_path / "J9" / "converted.star"
+    cs_to_star(cs, star)
+    from_cs, from_star = read_particles(cs), read_particles(star)
+    np.testing.assert_array_equal(np.asarray(from_star.images[0:6]),
+                                  np.asarray(from_cs.images[0:6]))
+    np.testing.assert_array_equal(from_star.table.euler_deg, from_cs.table.euler_deg)

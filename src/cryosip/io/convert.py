@@ -11,7 +11,8 @@ refused unless ``force``.
 
 Stack paths: :func:`cs_to_star` writes ``blob/path`` without cryoSPARC's leading ``>``,
 under ``datadir`` when one is given (the stacks need not exist); :func:`cryodrgn_to_star`
-writes the stack's path relative to the STAR's folder.
+writes the stack's path relative to the STAR's folder. cryosip reads cryoSPARC's ``.mrc``
+stacks as named; for RELION, tools such as ``cs2star`` link them as ``.mrcs``.
 
 >>> import tempfile, os
 >>> from cryosip.io.star import read_star
