@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pixel size in Å; overrides the particle file's")
     p.add_argument("--model", default="adk-path", help="as for reconstruct")
     p.add_argument("--coarse", choices=["residue", "none"], default="residue")
+    p.add_argument("--align-frames", action="store_true",
+                   help="as for reconstruct (superpose and centre a file model's frames)")
     p.add_argument("--out", required=True, help="run folder (new or empty)")
     p.add_argument("--poses", choices=["known", "unknown"], default="known")
     p.add_argument("--support", choices=["grid", "frames"], default="grid",

@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from cryosip.pipeline.demo import run_demo
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(str(out), None, "a folder", "a file")
     if out.exists() and any(out.iterdir()):
         if not args.force:
             raise InputError(str(out), None, "an empty or new folder",

@@ -99,6 +99,8 @@ def _model_spec(args) -> str | dict:
 
 
 def _check_out(out: Path, args) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(str(out), None, "a run folder", "a file")
     if out.exists() and any(out.iterdir()) and not (args.force or args.resume):
         raise InputError(str(out), None, "an empty or new run folder",
                          "existing files; pass --resume to continue or --force to overwrite")

@@ -156,4 +156,6 @@ def load_simulate_config(path: str | os.PathLike) -> SimulateConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise InputError(str(path), None, "valid YAML", str(err).replace("\n", " ")) from None
+    except UnicodeDecodeError:
+        raise InputError(str(path), None, "a YAML text file (UTF-8)", "binary data") from None
     return parse_simulate_config(data, str(path))

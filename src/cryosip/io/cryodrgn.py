@@ -90,15 +90,28 @@ def _load(path: str | os.PathLike):
                              ) from None
 
 
+def _float_array(path: str | os.PathLike, value, field: str, expected: str) -> np.ndarray:
+    """``value`` as a float array; anything else (a dict, ragged lists) is bad input."""
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(str(path), field, expected, f"a {type(value).__name__} that is not "
+                         "a numeric array") from None
+
+
 def read_cryodrgn_poses(path: str | os.PathLike, *, box_size: int,
                         pixel_size_angstrom: float) -> tuple[np.ndarray, np.ndarray]:
     """``(euler_deg (n, 3), shift_angstrom (n, 2))`` in RELION conventions."""
     data = _load(path)
+    if isinstance(data, tuple) and len(data) != 2:
+        raise InputError(str(path), None, "a rotation array or a (rot, trans) tuple",
+                         f"a tuple of {len(data)} items")
     rot, trans = (data if isinstance(data, tuple) else (data, None))
-    rot = np.asarray(rot, dtype=float)
+    rot = _float_array(path, rot, "rot", "an (n, 3, 3) array")
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise InputError(str(path), "rot", "an (n, 3, 3) array", f"shape {rot.shape}")
-    trans = np.zeros((len(rot), 2)) if trans is None else np.asarray(trans, dtype=float)
+    trans = (np.zeros((len(rot), 2)) if trans is None
+             else _float_array(path, trans, "trans", f"an ({len(rot)}, 2) array"))
     if trans.shape != (len(rot), 2):
         raise InputError(str(path), "trans", f"an ({len(rot)}, 2) array", f"shape {trans.shape}")
     return conventions.cryodrgn_to_relion_pose(rot, trans, box_size, pixel_size_angstrom)
@@ -119,7 +132,7 @@ def write_cryodrgn_ctf(path: str | os.PathLike, *, box_size: int, pixel_size_ang
 
 def read_cryodrgn_ctf(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The CTF pickle as a dict of columns named by :data:`CTF_COLUMNS`."""
-    array = np.asarray(_load(path), dtype=float)
+    array = _float_array(path, _load(path), "ctf", f"an (n, {len(CTF_COLUMNS)}) array")
     if array.ndim != 2 or array.shape[1] != len(CTF_COLUMNS):
         raise InputError(str(path), "ctf", f"an (n, {len(CTF_COLUMNS)}) array",
                          f"shape {array.shape}")

@@ -144,7 +144,8 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, float]:
     """``(n_images, box_size, pixel_size_angstrom)`` from a stack's header alone.
 
     Same checks as :func:`open_stack` on the file itself (exists, not compressed, a header
-    ``mrcfile`` reads permissively); the data is not touched.
+    ``mrcfile`` reads permissively, as many bytes as the header promises, square images);
+    the data is not touched.
     """
     path = Path(path)
     if not path.is_file():
@@ -156,9 +157,17 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, float]:
             with mrcfile.open(path, header_only=True, permissive=True) as mrc:
                 h = mrc.header
                 n, box, voxel = max(int(h.nz), 1), int(h.nx), float(mrc.voxel_size.x)
+                ny = int(h.ny)
+            expected, actual = _expected_bytes(path)
         except (ValueError, OSError) as err:
             raise InputError(str(path), "header", "an MRC header",
                              str(err).splitlines()[0]) from None
+    if actual < expected:
+        raise InputError(str(path), "data", f"{expected} bytes from the header",
+                         f"{actual} bytes (truncated file)")
+    if ny != box:
+        raise InputError(str(path), "shape", "a stack of square images (n, box, box)",
+                         f"images of {ny} x {box} pixels")
     return n, box, voxel
 
 

@@ -42,12 +42,23 @@ __all__ = ["distances_to_truth", "evaluate_run", "populations"]
 def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputError(str(path), None, "an existing .npz file", "no such file")
-    with np.load(path, allow_pickle=False) as f:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # not .npz; pickles are refused here
+        raise InputError(str(path), None, "a numpy .npz file",
+                         str(err).splitlines()[0] if str(err) else repr(err)) from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise InputError(str(path), None, "a numpy .npz file", "a single .npy array")
+    with f:
         missing = [k for k in keys if k not in f.files]
         if missing:
             raise InputError(str(path), missing[0], "an array of that name",
                              f"only {sorted(f.files)}")
-        return {k: f[k] for k in f.files}
+        try:
+            return {k: f[k] for k in f.files}
+        except (ValueError, OSError, EOFError) as err:  # object arrays, a broken member
+            raise InputError(str(path), None, "numeric arrays",
+                             str(err).splitlines()[0] if str(err) else repr(err)) from None
 
 
 def distances_to_truth(positions, weights, truth_npz: Path, seed: int = 0) -> dict[str, Any]:

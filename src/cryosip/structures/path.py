@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from cryosip.errors import InputError
 from cryosip.structures.base import AbstractConformationModel, Atoms
 from cryosip.structures.interp import FramePath, Interpolation, superpose_frames
 from cryosip.structures.topology import (
@@ -178,14 +179,18 @@ def read_multimodel(path: str, hydrogens: bool = True):
     """``(frames, amplitudes, widths_angstrom, Topology)`` of a multi-model PDB/mmCIF."""
     import gemmi
 
-    structure = gemmi.read_structure(str(path))
+    try:
+        structure = gemmi.read_structure(str(path))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise InputError(str(path), None, "a PDB or mmCIF file gemmi reads",
+                         str(err).splitlines()[0] if str(err) else repr(err)) from None
     if not hydrogens:
         structure.remove_hydrogens()
     records = [[(ch.name, r.name, r.seqid.num, a) for ch in m for r in ch for a in r]
                for m in structure]
     if len(records) < 2 or len({len(m) for m in records}) != 1:
-        raise ValueError(f"{path}: need >= 2 models with equal atom counts, "
-                         f"found counts {[len(m) for m in records]}")
+        raise InputError(str(path), "models", "at least 2 models (frames) with equal atom "
+                         "counts", f"atom counts {[len(m) for m in records]}")
     first = records[0]
     topo = Topology(np.array([a.name for *_, a in first]), np.array([r for _, r, _, _ in first]),
                     np.array([n for _, _, n, _ in first]),
