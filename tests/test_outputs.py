@@ -185,3 +185,23 @@ def test_chimerax_script_for_bead_models(tmp_path):
         assert len(level) == 1 and volume.min() < level[0] < volume.max()
     assert re.search(r"^style #3 & ~protein stick$", (tmp_path / "chimerax.cxc").read_text(),
                      re.MULTILINE)
+
+
+def test_registered_output_model(tmp_path, bead_run):
+    """The caller's wrapping (registration's rigid offset) reaches the PDB, names intact."""
+    from cryosip.structures.translated import TranslatedModel
+
+    _, _, output_model, _ = bead_run
+    offset = np.array([6.0, -4.5, 2.0])
+    moved = TranslatedModel(output_model, offset)
+    (record,) = write_structures(tmp_path, moved, np.full((5, 1), 0.4), np.full(5, 0.2),
+                                 (0.5,), BOX, PIXEL)
+    names, positions, z, _ = pdb_atoms(tmp_path / record["pdb"])
+    np.testing.assert_array_equal(names, output_model.topology.atom_names)
+    base = np.asarray(output_model.structure_at(jnp.array([0.4], jnp.float32))
+                      .positions_angstrom, float)
+    np.testing.assert_allclose(positions, base + offset, rtol=0, atol=6e-4)
+    volume, origin, voxel = read_mrc_raw(tmp_path / record["map"])
+    zi, yi, xi = np.indices(volume.shape)
+    centre = origin + voxel * np.array([np.sum(volume * i) for i in (xi, yi, zi)]) / volume.sum()
+    np.testing.assert_allclose(centre, np.average(positions, axis=0, weights=z), rtol=0, atol=0.05)
