@@ -97,8 +97,9 @@ def test_reconstruct_and_evaluate_cli_write_their_files(hinge_data, tmp_path, ca
     assert main(args) == 0
     for name in ("ensemble.npz", "provenance.json", "report.html", "density.png",
                  "free_energy.png", "loss.png", "images.png", "summary.json",
-                 "structures/x_0_q0.5.pdb", "maps/x_0_q0.5.mrc"):
+                 "structures/x_0_q0.5.pdb", "maps/x_0_q0.5.mrc", "chimerax.cxc"):
         assert (run / name).is_file(), name
+    assert "chimerax.cxc" in (run / "report.html").read_text()
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["seed"] == 5 and prov["argv"][:2] == ["cryosip", "reconstruct"]
     assert set(prov["scale"]["estimated"]) == {"offset", "noise_std", "contrast"}
