@@ -548,7 +548,7 @@ def test_bad_numeric_flags(tmp_path, capfd, caplog, cli_main, command, flag, val
         argv = ["convert", str(_cs_for_convert(tmp_path)), str(tmp_path / "out.star")]
     else:
         argv = particle_argv(command, dataset(tmp_path), tmp_path)
-    assert_one_line_error(cli_main, argv + [flag, value], capfd, caplog, flag)
+    assert_one_line_error(cli_main, argv + [flag, value], capfd, caplog, f"field {flag}:")
 
 
 def _cs_for_convert(folder: Path) -> Path:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cryosip.errors import InputError
-
 NAME = "baseline"
 HELP = "fit a DTO baseline (fixed-support reweighting, per-image MAP, Gaussian mixture in x)"
 
@@ -42,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cryosip.baselines import BaselineConfig
-    from cryosip.cli.reconstruct import _check_out, _model_spec
+    from cryosip.cli.reconstruct import _check_out, _model_spec, flag_error
     from cryosip.pipeline.baseline import run_baseline
     from cryosip.pipeline.config import ReconstructConfig
 
@@ -59,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                   prior_concentration=args.prior_concentration,
                                   n_components=args.n_components, seed=args.seed)
     except ValidationError as err:  # a flag out of range: one line, exit 2
-        first = err.errors()[0]
-        raise InputError("command line", "--" + str(first["loc"][0]).replace("_", "-"),
-                         first["msg"], repr(first.get("input"))) from None
+        raise flag_error(err) from None
     summary = run_baseline(args.method, data_config, baseline, args.out, argv=args.argv)
     print(json.dumps(summary))
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -98,6 +98,19 @@ def _model_spec(args) -> str | dict:
     return spec
 
 
+_FLAGS = {"pixel_size_angstrom": "--pixel-size"}
+"""Config fields whose command-line flag is not ``--`` + the field with ``-`` for ``_``."""
+
+
+def flag_error(err: ValidationError) -> InputError:
+    """The first problem of a config built from flags, as one line naming the flag."""
+    first = err.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+    return InputError("command line", flag, first["msg"].removeprefix("Input should be "),
+                      repr(first.get("input")))
+
+
 def _check_out(out: Path, args) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(str(out), None, "a run folder", "a file")
@@ -125,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress, registration=args.register,
         )
     except ValidationError as err:
-        first = err.errors()[0]
-        raise InputError("command line", "--" + str(first["loc"][0]).replace("_", "-"),
-                         first["msg"], repr(first.get("input"))) from None
+        raise flag_error(err) from None
     _, summary = run_reconstruction(config, out, resume=args.resume, argv=args.argv)
     print(json.dumps({k: summary[k] for k in ("status", "steps", "wall_time_s",
                                               "scale_noise_std", "scale_contrast")}))
