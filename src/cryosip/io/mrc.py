@@ -22,6 +22,7 @@ is a compressed stack (``.gz``/``.bz2``/``.xz`` or gzip/bzip2/xz bytes): decompr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -34,7 +35,7 @@ from jaxtyping import Float
 from cryosip.conventions import image_centre_index
 from cryosip.errors import InputError
 
-__all__ = ["MrcStack", "create_stack", "open_stack", "read_header", "write_stack"]
+__all__ = ["MrcStack", "StackFile", "create_stack", "open_stack", "read_header", "write_stack"]
 
 _NAN_CHUNK = 512
 _LOG = logging.getLogger("cryosip")
@@ -70,6 +71,47 @@ class MrcStack:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class StackFile:
+    """Where a validated stack's images lie in its file; reads open the file per call.
+
+    Holds no file descriptor, so a data set of thousands of per-micrograph stacks (RELION's
+    ``Extract``) stays under the open-file limit that one memory map per stack would hit.
+    ``read(index)`` returns float32 ``(len(index), box, box)`` for 0-based ``index`` in any
+    order (consecutive indices are read in one call).
+    """
+
+    path: str
+    n_images: int
+    box_size: int
+    offset: int
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, stack: MrcStack) -> StackFile:
+        """The file layout of an open :class:`MrcStack` (header + extended header, dtype)."""
+        h = stack._handle.header
+        return cls(stack.path, len(stack), stack.box_size, 1024 + int(h.nsymbt),
+                   stack.data.dtype)
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), self.box_size, self.box_size), np.float32)
+        if not len(index):
+            return out
+        order = np.argsort(index, kind="stable")
+        ordered = index[order]
+        size = self.box_size * self.box_size * self.dtype.itemsize
+        runs = np.split(np.arange(len(index)), np.flatnonzero(np.diff(ordered) != 1) + 1)
+        with open(self.path, "rb") as fh:
+            for run in runs:
+                start, count = int(ordered[run[0]]), len(run)
+                fh.seek(self.offset + start * size)
+                block = np.frombuffer(fh.read(count * size), self.dtype)
+                out[order[run]] = block.reshape(count, self.box_size, self.box_size)
+        return out
 
 
 def _check_not_compressed(path: Path) -> None:

@@ -2,7 +2,9 @@
 
 :func:`read_particles` reads the table (:func:`read_table`: RELION STAR 3.0/3.1 by
 :func:`cryosip.io.star.read_star`, ``.cs`` by :func:`cryosip.io.cryosparc.read_cs`) and
-memory-maps the stacks; ``stack.images[i:j]`` reads only those images. Each image name is
+checks each stack once; ``stack.images[i:j]`` then reads only those images, opening only
+their stacks for that read (no file stays open: a RELION ``Extract`` job has one stack per
+micrograph, thousands, beyond the usual open-file limit). Each image name is
 ``"<index>@<stack>"`` with a 1-based index. The stack path is resolved as RELION does
 (:func:`resolve_stack_path`): ``datadir`` first (``DIR/name``, then ``DIR/basename``),
 then the particle file's folder, then each of its ancestors (a RELION project root, from
@@ -37,7 +39,7 @@ import numpy as np
 
 from cryosip.errors import InputError
 from cryosip.forward import ImageNuisance, Optics
-from cryosip.io.mrc import MrcStack, open_stack, read_header
+from cryosip.io.mrc import MrcStack, StackFile, open_stack, read_header
 from cryosip.io.star import ParticleTable, read_star
 
 __all__ = ["ParticleImages", "ParticleStack", "read_particles", "read_table",
@@ -45,32 +47,36 @@ __all__ = ["ParticleImages", "ParticleStack", "read_particles", "read_table",
 
 
 class ParticleImages:
-    """Lazy images of the particles, in STAR row order: ``images[index]`` -> (n, box, box)."""
+    """Lazy images of the particles, in file row order: ``images[index]`` -> (n, box, box).
 
-    def __init__(self, stacks: list[MrcStack], file_index: np.ndarray, image_index: np.ndarray):
-        self.stacks, self.file_index, self.image_index = stacks, file_index, image_index
+    Each read opens only the stacks the requested rows live in (:class:`StackFile`), so no
+    file stays open between reads.
+    """
+
+    def __init__(self, files: list[StackFile], file_index: np.ndarray,
+                 image_index: np.ndarray):
+        self.files, self.file_index, self.image_index = files, file_index, image_index
 
     def __len__(self) -> int:
         return int(len(self.image_index))
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (len(self), self.stacks[0].box_size, self.stacks[0].box_size)
+        return (len(self), self.files[0].box_size, self.files[0].box_size)
 
     def __getitem__(self, index) -> np.ndarray:
         rows = np.arange(len(self))[index]
         if np.ndim(rows) == 0:
             return self[np.array([rows])][0]
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
-        for f, stack in enumerate(self.stacks):
-            sel = np.flatnonzero(self.file_index[rows] == f)
-            if len(sel):
-                out[sel] = stack.data[self.image_index[rows[sel]]]
+        files = self.file_index[rows]
+        for f in np.unique(files):
+            sel = np.flatnonzero(files == f)
+            out[sel] = self.files[f].read(self.image_index[rows[sel]])
         return out
 
     def close(self) -> None:
-        for stack in self.stacks:
-            stack.close()
+        """Nothing stays open between reads; kept for callers that close."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,17 +209,13 @@ def read_particles(
                        require_poses=require_poses, datadir=datadir)
     field = "blob/path" if path.suffix.lower() == ".cs" else "rlnImageName"
     files, file_index, image_index = split_image_names(path, table.image_names, field)
-    stacks: list[MrcStack] = []
-    try:
-        for f, name in enumerate(files):
-            stack_path = resolve_stack_path(name, path, datadir, field=field)
-            stacks.append(open_stack(stack_path, check_nan=check_nan))
-            _check_rows(path, stacks[-1], image_index, file_index == f, field)
-            _check_box(stacks[-1], stacks[0], table.box_size)
-    except InputError:
-        for stack in stacks:
-            stack.close()
-        raise
+    stacks: list[StackFile] = []
+    for f, name in enumerate(files):
+        stack_path = resolve_stack_path(name, path, datadir, field=field)
+        with open_stack(stack_path, check_nan=check_nan) as stack:
+            _check_rows(path, stack, image_index, file_index == f, field)
+            stacks.append(StackFile.of(stack))
+        _check_box(stacks[-1], stacks[0], table.box_size)
     return ParticleStack(str(path), ParticleImages(stacks, file_index, image_index), table)
 
 
@@ -229,7 +231,7 @@ def _check_rows(path: Path, stack: MrcStack, image_index: np.ndarray, mine: np.n
                          + (f" and {len(beyond) - 1} more rows" if len(beyond) > 1 else ""))
 
 
-def _check_box(stack: MrcStack, first: MrcStack, box_size: int | None) -> None:
+def _check_box(stack: StackFile, first: StackFile, box_size: int | None) -> None:
     if box_size is not None and stack.box_size != box_size:
         raise InputError(str(stack.path), "shape", f"box {box_size} (rlnImageSize)",
                          f"box {stack.box_size}")

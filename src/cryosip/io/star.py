@@ -188,8 +188,9 @@ def _optics_31(path: Path, optics: pd.DataFrame, particles: pd.DataFrame,
     cols = [_column(path, used, c) for c in OPTICS_COLUMNS]
     table = tuple(Optics(voltage_kv=float(v), cs_mm=float(c), amplitude_contrast=float(w))
                   for v, c, w in zip(*cols, strict=True))
-    lookup = {int(g): k for k, g in enumerate(group_ids[rows])}
-    index = np.array([lookup[int(g)] for g in pgroup], dtype=int)
+    used_ids = group_ids[rows]
+    order = np.argsort(used_ids)
+    index = order[np.searchsorted(used_ids[order], pgroup)]
     in_file = (_column(path, used, "rlnImagePixelSize")
                if "rlnImagePixelSize" in used.columns else None)
     if given is not None:
