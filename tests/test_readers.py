@@ -407,3 +407,23 @@ def test_many_stacks_hold_no_file_open_and_read_like_a_memory_map(tmp_path):
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(particles.images[4:7],
                                   np.stack([stacks[1][0], stacks[1][2], stacks[2][4]]))
+
+
+def test_star31_without_a_pixel_column_uses_the_voxel_size_and_a_given_one_wins(tmp_path,
+                                                                                caplog):
+    mrc_stack(tmp_path / "s.mrcs", n=2, voxel=1.25)
+    cols = particles_cols(["000001@s.mrcs", "000002@s.mrcs"], rlnOpticsGroup=[1, 1],
+                          rlnOriginX=[2.0, 0.0], rlnOriginY=[0.0, -4.0])
+    text = write_star31(tmp_path / "p.star", [GROUP_300], cols).read_text()
+    lines = [ln for ln in text.splitlines() if "rlnImagePixelSize" not in ln]
+    optics_row = next(k for k, ln in enumerate(lines) if ln.startswith("opticsGroup1"))
+    fields = lines[optics_row].split()
+    lines[optics_row] = " ".join(fields[:7] + fields[8:])  # drop the pixel-size value too
+    (tmp_path / "p.star").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.INFO, logger="cryosip"):
+        table = read_table(tmp_path / "p.star")
+        assert table.pixel_size_angstrom == 1.25 and "voxel size" in caplog.text
+        np.testing.assert_allclose(table.shift_angstrom, [[2.5, 0.0], [0.0, -5.0]])
+        given = read_table(tmp_path / "p.star", pixel_size_angstrom=2.0)
+    np.testing.assert_allclose(given.shift_angstrom, [[4.0, 0.0], [0.0, -8.0]])
+    assert "pixel size 2 Å given" in caplog.text
