@@ -112,6 +112,11 @@ def _heldout_mmd(run_dir: Path, ens: dict, positions, weights, x_true,
     from cryosip.structures.factory import load_model
 
     model = load_model(config.model)
+    offset = prov.get("registration", {}).get("offset_angstrom")
+    if offset is not None:  # the model as the flow saw it (cryosip.pipeline.register)
+        from cryosip.structures.translated import TranslatedModel
+
+        model = TranslatedModel(model, offset)
     stack = read_particles(config.particles, datadir=datadir or config.datadir,
                            pixel_size_angstrom=config.pixel_size_angstrom)
     data = prepare_data(stack, model, known_poses=True,
