@@ -180,8 +180,12 @@ def _corrupt_drop_column(folder: Path) -> str:
 def _corrupt_rows(folder: Path) -> str:
     import starfile
 
+    # a subset of a stack is fine (a Select job); an index past the stack's end is not
     blocks = starfile.read(folder / "particles.star")
-    blocks["particles"] = blocks["particles"].iloc[:-3]
+    names = blocks["particles"]["rlnImageName"].astype(str)
+    n = len(names)
+    blocks["particles"] = blocks["particles"].iloc[:-3].copy()
+    blocks["particles"].loc[0, "rlnImageName"] = f"{n + 5:06d}@" + names[0].partition("@")[2]
     starfile.write(blocks, folder / "particles.star")
     return "rlnImageName"
 
