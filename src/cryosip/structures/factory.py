@@ -2,11 +2,21 @@
 
 Accepted specs (YAML form):
 
-* ``adk-path`` | ``adk-domains`` | ``hinge``: built-in models with default options;
-* ``{name: adk-path, coarse: residue, hydrogens: false, interpolation: linear}``;
+* a registered name (``adk-path`` | ``adk-domains`` | ``hinge`` | any name added with
+  :func:`register_model`): that model with default options;
+* ``{name: adk-path, coarse: residue, hydrogens: false, interpolation: linear}``: a
+  registered model with options, checked by its options class (an option another model
+  takes is refused: ``coarse`` is AdK's, ``n_beads`` the hinge's);
 * ``{topology: adk.psf, trajectory: adk.dcd, select: "protein", n_modes: 2}``: a user path
   (MDAnalysis) or, with ``n_modes``, a :class:`~cryosip.structures.modes.LinearModeModel`;
 * ``frames.pdb`` / ``frames.cif`` or ``{structure: frames.cif}``: a multi-model PDB/mmCIF.
+
+**Registry.** :data:`MODELS` maps a name to a :class:`ModelOptions` subclass: its fields
+are the model's options (typed, with defaults) and its ``build()`` returns the model. A
+new model is one file that defines the model and its options class decorated with
+``@register_model("name")``; importing the file registers it (``docs/extending.md``).
+:class:`BuiltinModelSpec` holds a registered name with its options resolved (defaults
+filled in), so its ``model_dump()`` is the exact spec to rebuild the model.
 
 File models keep their coordinates as given (the frame of the consensus map, in which the
 poses live); ``align: true`` superposes the frames on the first and centres each one
@@ -19,38 +29,122 @@ Relative file names are resolved against ``base_dir`` (the config file's folder)
 >>> import jax.numpy as jnp
 >>> load_model({"name": "hinge", "n_beads": 8}).structure_at(jnp.zeros(1)).n_atoms
 16
+>>> resolve_model_spec("hinge").model_dump()
+{'name': 'hinge', 'n_beads': 24}
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, model_validator
 
-from cryosip.errors import InputError
+from cryosip.errors import InputError, from_validation
+from cryosip.registry import Registry
 from cryosip.structures.adk import AdkDomains, AdkPath
 from cryosip.structures.base import AbstractConformationModel
 from cryosip.structures.hinge import HingeModel
 from cryosip.structures.modes import LinearModeModel
 from cryosip.structures.path import PathModel
 
-__all__ = ["BuiltinModelSpec", "FileModelSpec", "ModelSpec", "load_model", "load_output_model"]
+__all__ = [
+    "MODELS",
+    "BuiltinModelSpec",
+    "FileModelSpec",
+    "ModelOptions",
+    "ModelSpec",
+    "load_model",
+    "load_output_model",
+    "parse_model_spec",
+    "register_model",
+    "resolve_model_spec",
+]
 
-_BUILTIN = ("adk-path", "adk-domains", "hinge")
 _STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz")
 
 
-class BuiltinModelSpec(BaseModel):
-    """A built-in model with options (``coarse``/``hydrogens`` apply to AdK only)."""
+class ModelOptions(BaseModel):
+    """The options of a registered conformation model; :meth:`build` makes the model."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    name: Literal["adk-path", "adk-domains", "hinge"]
+
+    def build(self) -> AbstractConformationModel:
+        """The conformation model with these options."""
+        raise NotImplementedError(f"{type(self).__name__} must define build()")
+
+
+MODELS: Registry[type[ModelOptions]] = Registry("conformation model")
+"""Registered conformation models: name -> :class:`ModelOptions` subclass."""
+
+
+def register_model(name: str, *, replace: bool = False):
+    """Class decorator registering a :class:`ModelOptions` subclass as model ``name``."""
+    add = MODELS.register(name, replace=replace)
+
+    def check_and_add(cls: type[ModelOptions]) -> type[ModelOptions]:
+        if not (isinstance(cls, type) and issubclass(cls, ModelOptions)):
+            raise TypeError(f"register_model({name!r}) decorates a ModelOptions subclass, "
+                            f"got {cls!r}")
+        return add(cls)
+
+    return check_and_add
+
+
+@register_model("hinge")
+class HingeOptions(ModelOptions):
+    """:class:`~cryosip.structures.hinge.HingeModel`, ``n_beads`` per arm."""
+
+    n_beads: PositiveInt = 24
+
+    def build(self) -> HingeModel:
+        return HingeModel(n_beads=self.n_beads)
+
+
+class _AdkOptions(ModelOptions):
     coarse: Literal["residue"] | None = None
     hydrogens: bool = True
     interpolation: Literal["cubic", "linear"] = "cubic"
-    n_beads: int = 24
+
+
+@register_model("adk-path")
+class AdkPathOptions(_AdkOptions):
+    """:class:`~cryosip.structures.adk.AdkPath` (``dim = 1``)."""
+
+    def build(self) -> AdkPath:
+        return AdkPath(self.coarse, self.hydrogens, self.interpolation)
+
+
+@register_model("adk-domains")
+class AdkDomainsOptions(_AdkOptions):
+    """:class:`~cryosip.structures.adk.AdkDomains` (``dim = 2``)."""
+
+    def build(self) -> AdkDomains:
+        return AdkDomains(self.coarse, self.hydrogens, self.interpolation)
+
+
+class BuiltinModelSpec(BaseModel):
+    """A registered model ``name`` with its options as further keys, resolved on creation
+    by the model's :class:`ModelOptions` (unknown or bad options raise, defaults are filled
+    in)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        options = MODELS.get(data["name"], source="model", field="model.name")
+        rest = {k: v for k, v in data.items() if k != "name"}
+        return {"name": data["name"], **options.model_validate(rest).model_dump()}
+
+    @property
+    def options(self) -> ModelOptions:
+        """The typed options (an instance of the registered class)."""
+        return MODELS.get(self.name).model_validate(self.model_extra or {})
 
 
 class FileModelSpec(BaseModel):
@@ -72,39 +166,47 @@ ModelSpec = str | BuiltinModelSpec | FileModelSpec
 
 
 def parse_model_spec(spec: str | dict | BuiltinModelSpec | FileModelSpec) -> ModelSpec:
-    """Validate a raw spec (string or mapping) into a :data:`ModelSpec`."""
+    """Validate a raw spec (string or mapping) into a :data:`ModelSpec` (strings stay
+    strings: a registered name or a structure file name)."""
     if isinstance(spec, str):
-        if spec not in _BUILTIN and not spec.lower().endswith(_STRUCTURE_SUFFIXES):
-            raise InputError("model", "model", "adk-path | adk-domains | hinge | a PDB/mmCIF "
-                             "file | {topology, trajectory}", repr(spec))
+        if spec not in MODELS and not spec.lower().endswith(_STRUCTURE_SUFFIXES):
+            raise InputError("model", "model", f"{MODELS.expected()}, a PDB/mmCIF file or "
+                             "{topology, trajectory}", repr(spec))
         return spec
     if isinstance(spec, BuiltinModelSpec | FileModelSpec):
         return spec
     if not isinstance(spec, dict):
         raise InputError("model", "model", "a name, a file or a mapping", repr(spec))
+    if "name" in spec:
+        if not isinstance(spec["name"], str):
+            raise InputError("model", "model.name", MODELS.expected(), repr(spec["name"]))
+        MODELS.get(spec["name"], source="model", field="model.name")
     cls = BuiltinModelSpec if "name" in spec else FileModelSpec
     try:
         return cls.model_validate(spec)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(map(str, first["loc"])) or "model"
-        expected = first["msg"].removeprefix("Input should be ")
-        if first["type"] == "extra_forbidden":
-            expected = "a known key"
-        raise InputError("model", f"model.{key}", expected, repr(first.get("input"))) from None
+        raise from_validation(err, "model", prefix="model.") from None
+
+
+def resolve_model_spec(spec: str | dict | BuiltinModelSpec | FileModelSpec,
+                       ) -> BuiltinModelSpec | FileModelSpec:
+    """``spec`` with every option spelled out: its ``model_dump()`` rebuilds the same model
+    (what a run folder records)."""
+    spec = parse_model_spec(spec)
+    if isinstance(spec, str):
+        if spec in MODELS:
+            return BuiltinModelSpec(name=spec)
+        return FileModelSpec(structure=spec)
+    return spec
 
 
 def load_model(
     spec: str | dict | BuiltinModelSpec | FileModelSpec, base_dir: str | os.PathLike = "."
 ) -> AbstractConformationModel:
     """The conformation model described by ``spec`` (see the module doc)."""
-    spec = parse_model_spec(spec)
-    if isinstance(spec, str):
-        if spec in _BUILTIN:
-            return _builtin(BuiltinModelSpec(name=spec))
-        return _from_files(FileModelSpec(structure=spec), Path(base_dir))
+    spec = resolve_model_spec(spec)
     if isinstance(spec, BuiltinModelSpec):
-        return _builtin(spec)
+        return spec.options.build()
     return _from_files(spec, Path(base_dir))
 
 
@@ -122,17 +224,10 @@ def load_output_model(
     >>> load_output_model({"name": "adk-path", "coarse": "residue"}).topology.n_atoms
     3341
     """
-    spec = parse_model_spec(spec)
-    if isinstance(spec, BuiltinModelSpec | FileModelSpec) and spec.coarse is not None:
-        spec = spec.model_copy(update={"coarse": None})
+    spec = resolve_model_spec(spec)
+    if spec.model_dump().get("coarse") is not None:
+        spec = type(spec).model_validate({**spec.model_dump(), "coarse": None})
     return load_model(spec, base_dir)
-
-
-def _builtin(spec: BuiltinModelSpec) -> AbstractConformationModel:
-    if spec.name == "hinge":
-        return HingeModel(n_beads=spec.n_beads)
-    cls = AdkPath if spec.name == "adk-path" else AdkDomains
-    return cls(coarse=spec.coarse, hydrogens=spec.hydrogens, interpolation=spec.interpolation)
 
 
 def _existing(base_dir: Path, name: str, field: str) -> str:
@@ -163,6 +258,3 @@ def _from_files(spec: FileModelSpec, base_dir: Path) -> AbstractConformationMode
     return PathModel.from_files(top, traj, select=spec.select, hydrogens=spec.hydrogens,
                                 interpolation=spec.interpolation, coarse=spec.coarse,
                                 align=spec.align)
-
-
-

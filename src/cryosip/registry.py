@@ -1,0 +1,87 @@
+"""Named registries: the extension points where a new model, discrepancy or projector plugs in.
+
+A :class:`Registry` maps a name to an object (usually a class) and says, when a name is
+not there, which names are. Each extension point owns one registry beside its abstract
+type: :data:`cryosip.structures.factory.MODELS` (conformation models, read by
+``load_model``), :data:`cryosip.discrepancies.DISCREPANCIES` and
+:data:`cryosip.forward.PROJECTORS`. A new entry is one file that defines it and registers
+it, usually with the registry's :meth:`Registry.register` as a class decorator; importing
+that file is what registers it (see ``docs/extending.md``).
+
+This module is part of the generic core: it imports only :mod:`cryosip.errors`.
+
+>>> shapes = Registry("shape")
+>>> @shapes.register("square")
+... class Square:
+...     pass
+>>> shapes.get("square") is Square, shapes.names()
+(True, ('square',))
+>>> shapes.get("circle")
+Traceback (most recent call last):
+...
+cryosip.errors.InputError: shape: field name: expected one of 'square', found 'circle'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from cryosip.errors import InputError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names to objects of one kind (``kind`` names it in errors: "conformation model")."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        """A decorator that registers its argument under ``name`` and returns it unchanged.
+
+        Registering a taken name raises ``ValueError`` unless ``replace=True`` (re-running
+        a notebook cell that defines the same class is the usual reason).
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def add(obj: T) -> T:
+            if name in self._entries and not replace and self._entries[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered "
+                                 f"({self._entries[name]!r}); pass replace=True to replace it")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str, *, source: str | None = None, field: str = "name") -> T:
+        """The entry of ``name``; an unknown name raises :class:`~cryosip.errors.InputError`
+        from ``source`` (default: the kind) listing the registered names."""
+        if name not in self._entries:
+            raise InputError(source or self.kind, field, self.expected(), repr(name))
+        return self._entries[name]
+
+    def expected(self) -> str:
+        """``"one of 'a', 'b'"``: the registered names, for error messages."""
+        return "one of " + ", ".join(repr(n) for n in self.names())
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, sorted."""
+        return tuple(sorted(self._entries))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names())})"
