@@ -23,7 +23,8 @@ part of cryosip alone (the per-image CTF, ``rfft`` of the window, Fourier shift,
 ratio that any projection algorithm could give, even one that took no time at all.
 
 XLA:CPU's YNN fusions make the backward pass of the projection ~3x slower on this
-machine; by default the script disables them (``--xla-default`` keeps XLA's default).
+machine; by default the script disables them as the ``cryosip`` command does
+(``cryosip.cli.main.configure_process``; ``--xla-default`` keeps XLA's default).
 The flag is set for the whole process, so both libraries run under it.
 
 Run: ``.venv/bin/python benchmarks/forward_speed.py [--batch 16 128] [--repeats 3] [--quick]``
@@ -46,9 +47,9 @@ import warnings
 from pathlib import Path
 
 if "--xla-default" not in sys.argv:
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="
-    ).strip()
+    from cryosip.cli.main import configure_process
+
+    configure_process()  # as the cryosip command: XLA's CPU YNN fusions off
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

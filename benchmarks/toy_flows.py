@@ -64,4 +64,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from cryosip.cli.main import configure_process
+
+    configure_process()  # as the cryosip command: XLA's CPU YNN fusions off
     main()

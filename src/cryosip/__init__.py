@@ -4,17 +4,11 @@ The images are the push-forward of an unknown distribution over conformations th
 random forward operator; cryosip recovers that distribution with a particle Wasserstein
 gradient flow of an MMD or KL discrepancy. See ``docs/`` for the mathematics and conventions.
 
-On import, cryosip turns off XLA's experimental CPU "YNN" fusions (appending
-``--xla_cpu_experimental_ynn_fusion_type=`` to ``XLA_FLAGS`` unless the variable already
-names that flag): they make the backward pass of the projector about 3x slower and a flow
-step about 1.4x slower on CPU (``benchmarks/forward_speed.py``). It takes effect only if
-JAX's CPU backend has not been initialised before cryosip is imported.
+Importing cryosip (or any of its modules) changes nothing in the process: no environment
+variable, no plotting backend, no file. The ``cryosip`` command sets what its process needs
+(:func:`cryosip.cli.main.configure_process`: XLA's CPU "YNN" fusions off, matplotlib's Agg
+backend); a library user who wants the same calls it, or sets ``XLA_FLAGS`` themselves,
+before JAX runs its first operation (README, "Library"; ``docs/performance.md``).
 """
-
-import os as _os
-
-_YNN = "--xla_cpu_experimental_ynn_fusion_type"
-if _YNN not in _os.environ.get("XLA_FLAGS", ""):
-    _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + f" {_YNN}=").strip()
 
 __version__ = "0.1.0"

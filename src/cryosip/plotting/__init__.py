@@ -1,4 +1,4 @@
-"""Figures of a run (matplotlib, Agg): each function writes one PNG and returns its path."""
+"""Figures of a run (matplotlib, without pyplot): each function writes one PNG, returns its path."""
 
 from cryosip.plotting.figures import (
     plot_density_1d,

@@ -5,6 +5,10 @@ kernel density estimate (Gaussian, bandwidth 3% of the box: Scott's rule over-sm
 multimodal measure carried by a few dozen particles) with the particles as a rug; a
 truth, when given (its density, or a reference sample), is drawn on the same axes.
 The free energy is ``F(x) = -kT log p(x)`` in units of kT, shifted so that ``min F = 0``.
+
+Figures are ``matplotlib.figure.Figure`` objects written straight to PNG, without pyplot:
+no backend is chosen, no global figure list is kept, and importing this module changes
+nothing in matplotlib's state (whatever backend the caller uses is left alone).
 """
 
 from __future__ import annotations
@@ -12,11 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 __all__ = ["weighted_kde", "plot_density_1d", "plot_free_energy", "plot_density_2d",
            "plot_loss", "plot_particle_paths", "plot_image_pairs"]
@@ -43,11 +44,17 @@ def weighted_kde(samples: np.ndarray, weights: np.ndarray | None, grid: np.ndarr
     return (np.exp(-0.5 * z**2) @ w) / (bandwidth * np.sqrt(2 * np.pi))
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _subplots(nrows: int = 1, ncols: int = 1, **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, on a figure pyplot does not track."""
+    figsize = kwargs.pop("figsize")
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -57,7 +64,7 @@ def plot_density_1d(path: str | Path, positions: np.ndarray, weights: np.ndarray
     """Recovered density over a 1-D conformation space, particles as a rug, truth dashed."""
     grid = np.linspace(bounds[0], bounds[1], 400)
     h = 0.03 * (bounds[1] - bounds[0])
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _subplots(figsize=(6, 3.6))
     ax.plot(grid, weighted_kde(positions[:, 0], weights, grid, h), lw=2, label="recovered")
     if truth_density is not None:
         ax.plot(grid, truth_density(grid), "k--", lw=1.5, label="truth")
@@ -85,7 +92,7 @@ def plot_free_energy(path: str | Path, positions: np.ndarray, weights: np.ndarra
                      bounds: tuple[float, float],
                      truth_sample: np.ndarray | None = None) -> Path:
     """Free-energy profile ``-kT log p(x)`` of the recovered measure (and of the truth)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _subplots(figsize=(6, 3.6))
     grid, f = free_energy_profile(positions, weights, bounds)
     ax.plot(grid, f, lw=2, label="recovered")
     if truth_sample is not None:
@@ -112,7 +119,7 @@ def plot_density_2d(path: str | Path, positions: np.ndarray, weights: np.ndarray
     """Recovered 2-D density (KDE, bandwidth 4% of the box; particles as dots of area
     proportional to weight), beside a histogram of the truth's sample when given."""
     n_panels = 1 if truth_sample is None else 2
-    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), squeeze=False)
+    fig, axes = _subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), squeeze=False)
     (x0, x1), (y0, y1) = bounds[0], bounds[1]
     gx, gy = np.linspace(x0, x1, 120), np.linspace(y0, y1, 120)
     dens = weighted_kde_2d(positions, weights, gx, gy, (0.04 * (x1 - x0), 0.04 * (y1 - y0)))
@@ -131,7 +138,7 @@ def plot_density_2d(path: str | Path, positions: np.ndarray, weights: np.ndarray
 
 def plot_loss(path: str | Path, steps: np.ndarray, loss: np.ndarray, label: str) -> Path:
     """Loss (discrepancy estimate) against the flow step."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = _subplots(figsize=(6, 3.4))
     ax.plot(steps, loss, lw=1.2)
     ax.set(xlabel="step", ylabel=label)
     return _save(fig, path)
@@ -140,7 +147,7 @@ def plot_loss(path: str | Path, steps: np.ndarray, loss: np.ndarray, label: str)
 def plot_particle_paths(path: str | Path, steps: np.ndarray, positions: np.ndarray,
                         axis: int = 0) -> Path:
     """Coordinate ``axis`` of every particle against the step (``positions [T, M, dim]``)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _subplots(figsize=(6, 3.6))
     ax.plot(steps, positions[:, :, axis], lw=0.7, alpha=0.6)
     ax.set(xlabel="step", ylabel=f"x[{axis}]")
     return _save(fig, path)
@@ -150,7 +157,7 @@ def plot_image_pairs(path: str | Path, observed: np.ndarray, simulated: np.ndarr
                      titles: tuple[str, str] = ("observed", "simulated")) -> Path:
     """Rows of observed images above the matching simulated (clean) images."""
     n = len(observed)
-    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
+    fig, axes = _subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
     for j in range(n):
         for row, stack in enumerate((observed, simulated)):
             ax = axes[row, j]
