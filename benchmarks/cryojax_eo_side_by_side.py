@@ -288,4 +288,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from cryosip.cli.main import configure_process
+
+    configure_process()  # as the cryosip command: XLA's CPU YNN fusions off
     sys.exit(main())
