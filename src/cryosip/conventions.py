@@ -67,6 +67,7 @@ __all__ = [
     "relion_to_cryojax_euler",
     "relion_to_cryojax_offset",
     "relion_to_cryosparc_pose",
+    "rfft_column_weights",
     "rfft_frequencies",
 ]
 
@@ -92,12 +93,35 @@ def pixel_edges_angstrom(box_size: int, pixel_size_angstrom: float) -> Float[Arr
 
 
 def rfft_frequencies(
-    box_size: int, pixel_size_angstrom: float
-) -> tuple[Float[Array, "box 1"], Float[Array, "1 half"]]:
-    """``(k_y, k_x)`` in 1/Å on the ``rfft2`` grid (``half = box // 2 + 1``), broadcastable."""
-    ky = jnp.fft.fftfreq(box_size, d=pixel_size_angstrom)[:, None]
-    kx = jnp.fft.rfftfreq(box_size, d=pixel_size_angstrom)[None, :]
+    box_size: int, pixel_size_angstrom: float = 1.0
+) -> tuple[Float[np.ndarray, "box 1"], Float[np.ndarray, "1 half"]]:
+    """``(k_y, k_x)`` in 1/Å on the ``rfft2`` grid (``half = box // 2 + 1``), broadcastable.
+
+    numpy float64 (compile-time constants inside ``jit``; cast to the images' dtype where
+    they meet). ``pixel_size_angstrom = 1`` gives cycles per pixel.
+
+    >>> ky, kx = rfft_frequencies(4, 2.0)
+    >>> ky[:, 0].tolist(), kx[0].tolist()
+    ([0.0, 0.125, -0.25, -0.125], [0.0, 0.125, 0.25])
+    """
+    ky = np.fft.fftfreq(box_size, d=pixel_size_angstrom)[:, None]
+    kx = np.fft.rfftfreq(box_size, d=pixel_size_angstrom)[None, :]
     return ky, kx
+
+
+def rfft_column_weights(box_size: int) -> Float[np.ndarray, " half"]:
+    """How many frequencies of the full plane each ``rfft2`` column stands for (``k`` and
+    ``-k``): 2, except 1 for ``k_x = 0`` and, for even boxes, the Nyquist column, so sums
+    over half a plane equal full-plane sums (Parseval).
+
+    >>> rfft_column_weights(4).tolist(), rfft_column_weights(5).tolist()
+    ([1.0, 2.0, 1.0], [1.0, 2.0, 2.0])
+    """
+    w = np.full(box_size // 2 + 1, 2.0)
+    w[0] = 1.0
+    if box_size % 2 == 0:
+        w[-1] = 1.0
+    return w
 
 
 def electron_wavelength_angstrom(voltage_kv: float | Array) -> Float[Array, ""]:

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from jaxtyping import Float
-from scipy.special import logsumexp
 
-__all__ = ["EMFit", "em_weights", "mixture_log_likelihood", "responsibilities"]
+__all__ = ["EMFit", "em_weights", "log_responsibilities", "mixture_log_likelihood",
+           "responsibilities", "weight_update"]
 
 _TINY = 1e-300
 
@@ -68,7 +68,7 @@ class _ShiftedLikelihood:
             log_pw = np.log(np.where(bad, 1.0, pw)) + self.row_max
             if bad.any():
                 log_w = np.log(weights)
-                log_pw[bad] = logsumexp(self.loglik[bad] + log_w, axis=1)
+                log_pw[bad] = log_responsibilities(self.loglik[bad] + log_w)[0]
         return log_pw, pw
 
     def responsibility_sums(self, weights: np.ndarray) -> tuple[np.ndarray, float]:
@@ -84,11 +84,39 @@ class _ShiftedLikelihood:
         return sums, float(np.mean(log_pw))
 
 
-def _m_step(sums: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """Dirichlet-MAP M-step ``w_k ∝ max(S_k + alpha_k - 1, 0)`` (plain ``S_k`` if no prior)."""
+def log_responsibilities(z: Float[np.ndarray, "... n_obs n_support"]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(log sum_k e^{z_nk}, gamma_nk = e^{z_nk} / sum_j e^{z_nj})`` over the last axis.
+
+    ``z = L + log w`` (any leading batch axes); the one log-sum-exp of cryosip's EMs (the
+    baselines, the contrast fit, the registration), shifted by the row maximum.
+
+    >>> log_norm, gamma = log_responsibilities(np.log(np.array([[1.0, 3.0]])))
+    >>> round(float(log_norm[0]), 6), gamma.tolist()
+    (1.386294, [[0.25, 0.75]])
+    """
+    z = np.asarray(z, np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    e = np.exp(z - top)
+    norm = e.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return (np.log(norm) + top)[..., 0], e / norm
+
+
+def weight_update(sums: Float[np.ndarray, "... n_support"],
+                  alpha: np.ndarray | None = None) -> np.ndarray:
+    """The M-step: ``w_k ∝ max(S_k + alpha_k - 1, 0)`` from responsibility sums
+    ``S_k = sum_n gamma_nk`` (plain ``S_k / sum_j S_j`` when ``alpha`` is None, the
+    Dirichlet-MAP update otherwise); leading batch axes allowed.
+
+    >>> weight_update(np.array([3.0, 1.0])).tolist()
+    [0.75, 0.25]
+    """
+    sums = np.asarray(sums, np.float64)
     unnorm = sums if alpha is None else np.maximum(sums + alpha - 1.0, 0.0)
-    total = unnorm.sum()
-    if not total > 0:
+    total = unnorm.sum(axis=-1, keepdims=True)
+    if not np.all(total > 0):
         raise ValueError("Dirichlet M-step gave all-zero weights: raise prior_concentration")
     return unnorm / total
 
@@ -117,7 +145,7 @@ def em_weights(
         sums, ell = lik.responsibility_sums(w)
         converged = bool(history) and abs(ell - history[-1]) < tol
         history.append(ell)
-        w = _m_step(sums, a)
+        w = weight_update(sums, a)
     history.append(float(np.mean(lik.row_log_density(w)[0])))
     return EMFit(w, len(history) - 1, converged, np.asarray(history))
 
@@ -135,4 +163,4 @@ def responsibilities(
     """``gamma_nk = w_k p_nk / sum_j w_j p_nj`` (posterior of the support point per image)."""
     with np.errstate(divide="ignore"):
         z = np.asarray(loglik, float) + np.log(np.asarray(weights, float))
-    return np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    return log_responsibilities(z)[1]

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import numpy as np
 from jaxtyping import Float
-from scipy.special import logsumexp
 
 from cryosip.baselines._base import LikelihoodEstimator, as_generator
-from cryosip.baselines.em import _ShiftedLikelihood, em_weights
+from cryosip.baselines.em import _ShiftedLikelihood, em_weights, log_responsibilities
 from cryosip.baselines.support import grid_support
 
 __all__ = ["GaussianMixtureX"]
@@ -96,7 +95,7 @@ class GaussianMixtureX(LikelihoodEstimator):
         """``(phi [C, G], q [G])``: per-component and mixture masses on the grid."""
         pairs = zip(self.means_, self.covariances_, strict=True)
         log_phi = np.stack([_log_gauss(self.grid_, m, s) for m, s in pairs])
-        phi = np.exp(log_phi - logsumexp(log_phi, axis=1, keepdims=True))
+        phi = log_responsibilities(log_phi)[1]
         return phi, self.weights_ @ phi
 
     def _initialise(self, loglik: np.ndarray) -> None:

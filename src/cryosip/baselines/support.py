@@ -8,44 +8,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from jaxtyping import Float
 
-__all__ = ["grid_support", "trajectory_support"]
+__all__ = ["grid_support", "tensor_grid", "trajectory_support"]
+
+
+def tensor_grid(axes: Sequence[np.ndarray]) -> Float[np.ndarray, "n_points dim"]:
+    """Every combination of the 1-D ``axes`` (first axis slowest), one point a row: the one
+    tensor grid of cryosip (support grids, scale-estimate grids, registration searches)."""
+    mesh = np.meshgrid(*[np.asarray(a, float) for a in axes], indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)
 
 
 def grid_support(
     lower: Float[np.ndarray, " dim"] | float,
     upper: Float[np.ndarray, " dim"] | float,
     n_per_axis: int,
+    *,
+    cell_centres: bool = False,
 ) -> Float[np.ndarray, "n_support dim"]:
-    """The tensor grid with ``n_per_axis`` equispaced points per axis on ``[lower, upper]``
-    (end points included; one point = the centre), ``n_per_axis ** dim`` rows."""
+    """The tensor grid with ``n_per_axis`` equispaced points per axis on ``[lower, upper]``,
+    ``n_per_axis ** dim`` rows: end points included (one point = the centre), or with
+    ``cell_centres`` the centres ``lower + (i + 1/2) (upper - lower) / n`` of ``n`` equal cells.
+
+    >>> grid_support([0.0], [1.0], 4, cell_centres=True)[:, 0].tolist()
+    [0.125, 0.375, 0.625, 0.875]
+    """
     lo, hi = np.atleast_1d(np.asarray(lower, float)), np.atleast_1d(np.asarray(upper, float))
-    if n_per_axis == 1:
-        return ((lo + hi) / 2)[None, :]
-    axes = [np.linspace(a, b, n_per_axis) for a, b in zip(lo, hi, strict=True)]
-    mesh = np.meshgrid(*axes, indexing="ij")
-    return np.stack([m.ravel() for m in mesh], axis=1)
+    if cell_centres or n_per_axis == 1:
+        unit = (np.arange(n_per_axis) + 0.5) / n_per_axis
+        return tensor_grid([a + unit * (b - a) for a, b in zip(lo, hi, strict=True)])
+    return tensor_grid([np.linspace(a, b, n_per_axis) for a, b in zip(lo, hi, strict=True)])
 
 
 def trajectory_support(model) -> Float[np.ndarray, "n_frames dim"]:
-    """The conformations ``x`` of the frames of a path model (e.g. the 98 AdK frames).
-
-    Uses the model's ``frame_positions`` (array ``[n_frames, dim]`` or ``[n_frames]``) if
-    it has one; otherwise ``n_frames`` equispaced points on ``[lower, upper]`` (a path
-    parametrised by progress with frames at equal spacing).
-    """
-    frames = getattr(model, "frame_positions", None)
-    if callable(frames):
-        frames = frames()
-    if frames is not None:
-        arr = np.asarray(frames, float)
-        return arr[:, None] if arr.ndim == 1 else arr
+    """The conformations ``x`` of the frames of a path model (e.g. the 98 AdK frames):
+    ``n_frames`` equispaced points on ``[lower, upper]`` (a path parametrised by progress
+    with frames at equal spacing)."""
     n_frames = getattr(model, "n_frames", None)
     if n_frames is None:
         raise TypeError(
-            f"{type(model).__name__} has neither frame_positions nor n_frames: "
-            "pass an explicit support array instead"
+            f"{type(model).__name__} has no n_frames: pass an explicit support array instead"
         )
     return grid_support(np.asarray(model.lower), np.asarray(model.upper), int(n_frames))

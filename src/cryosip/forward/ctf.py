@@ -91,8 +91,7 @@ def ctf_rfft(
     costs one ``sin`` per frequency and the ``k`` grids are compile-time constants.
     """
     optics = optics.select(nuisance.optics_group)
-    ky = np.fft.fftfreq(config.box_size, d=config.pixel_size_angstrom)[:, None]
-    kx = np.fft.rfftfreq(config.box_size, d=config.pixel_size_angstrom)[None, :]
+    ky, kx = conventions.rfft_frequencies(config.box_size, config.pixel_size_angstrom)
     k2, dxy, cross = kx**2 + ky**2, kx**2 - ky**2, 2.0 * kx * ky
     lam = optics.wavelength_angstrom
     cs = optics.cs_mm * 1e7

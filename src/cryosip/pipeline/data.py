@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryosip.baselines.support import grid_support
 from cryosip.errors import InputError
 from cryosip.forward import CryoEMOperator, ImageConfig, ImageNuisance, NuisancePrior, Optics
 from cryosip.io import ParticleStack
@@ -163,10 +164,7 @@ def _split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.n
 
 def _grid(model: AbstractConformationModel, n_per_axis: int) -> jax.Array:
     """A regular grid of ``n_per_axis ** dim`` points (cell centres) in the model's box."""
-    lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
-    axes = [lo + (np.arange(n_per_axis) + 0.5) / n_per_axis * (hi - lo)
-            for lo, hi in zip(lower, upper, strict=True)]
-    mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    mesh = grid_support(model.lower, model.upper, n_per_axis, cell_centres=True)
     return jnp.asarray(mesh, jnp.float32)
 
 

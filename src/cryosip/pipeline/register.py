@@ -42,8 +42,11 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 
+from cryosip import conventions
+from cryosip.baselines.support import tensor_grid
 from cryosip.forward import CryoEMOperator, NuisancePrior
 from cryosip.pipeline.data import PreparedData, _grid, _reference_images
+from cryosip.pipeline.estimate import contrast_em, contrast_loglik
 from cryosip.rotations import euler_to_matrix
 from cryosip.structures.base import AbstractConformationModel
 from cryosip.structures.translated import TranslatedModel
@@ -85,19 +88,12 @@ class Registration:
 # ------------------------------------------------------------------ the likelihood in t
 
 
-def _rfft_weights(box: int) -> np.ndarray:
-    """Multiplicity of each ``rfft2`` column in the full spectrum (Parseval on half a plane)."""
-    w = np.full(box // 2 + 1, 2.0)
-    w[0] = 1.0
-    if box % 2 == 0:
-        w[-1] = 1.0
-    return w
+_rfft_weights = conventions.rfft_column_weights
 
 
 def _frequencies(box: int, pixel: float) -> np.ndarray:
     """``[F, 2]`` frequencies ``(k_x, k_y)`` in 1/Å of the flattened ``rfft2`` grid."""
-    ky = np.fft.fftfreq(box, pixel)[:, None] * np.ones(box // 2 + 1)
-    kx = np.ones((box, 1)) * np.fft.rfftfreq(box, pixel)[None, :]
+    ky, kx = np.broadcast_arrays(*conventions.rfft_frequencies(box, pixel))
     return np.stack([kx.ravel(), ky.ravel()], axis=1)
 
 
@@ -157,30 +153,8 @@ def shift_correlations(images: np.ndarray, refs: np.ndarray, euler_deg: np.ndarr
                              maps, pixel)
 
 
-def _responsibilities(u: np.ndarray, log_pi: np.ndarray):
-    """``(ell, gamma)`` of ``log sum_k pi_k exp(u_nk)`` over the last axis (summed over n)."""
-    z = u + log_pi
-    top = z.max(axis=-1, keepdims=True)
-    e = np.exp(z - top)
-    norm = e.sum(axis=-1, keepdims=True)
-    return (np.log(norm) + top).squeeze(-1).sum(-1), e / norm
-
-
-def mixture_loglik(c: np.ndarray, power: np.ndarray, a, sigma: float, log_pi: np.ndarray):
-    """``(ell, gamma)`` with ``u_nk = (a c_nk - a^2 P_nk / 2) / sigma^2`` (``c`` may be
-    batched ``[..., n, K]`` with ``a`` of shape ``[...]``)."""
-    a = np.asarray(a, float)[..., None, None]
-    return _responsibilities((a * c - 0.5 * a**2 * power) / sigma**2, log_pi)
-
-
-def _em(c, power, sigma, log_pi, a, n_iter: int, update_pi: bool = True):
-    """EM updates of ``a`` (and ``pi``) at fixed ``c``: ``a = sum gamma c / sum gamma P``."""
-    for _ in range(n_iter):
-        _, gamma = mixture_loglik(c, power, a, sigma, log_pi)
-        a = np.sum(gamma * c, axis=(-2, -1)) / np.sum(gamma * power, axis=(-2, -1))
-        if update_pi:
-            log_pi = np.log(np.maximum(gamma.mean(axis=-2), 1e-300))
-    return a, log_pi
+# the contrast-and-weights EM is the one of the scale estimate (``pipeline.estimate``)
+mixture_loglik, _em = contrast_loglik, contrast_em
 
 
 # ------------------------------------------------------------------ the search
@@ -189,7 +163,7 @@ def _em(c, power, sigma, log_pi, a, n_iter: int, update_pi: bool = True):
 def _coarse(corr: ShiftCorrelations, sigma, centre, search_px, step_px, chunk=256):
     """Best ``t`` of the cube around ``centre`` (uniform ``pi``, ``a`` by 3 EM steps)."""
     axis = np.arange(-search_px, search_px + 1e-9, step_px) * corr.pixel
-    ts = centre + np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    ts = centre + tensor_grid([axis, axis, axis])
     log_pi = np.full(corr.power.shape[1], -np.log(corr.power.shape[1]))
     best = (-np.inf, None)
     for start in range(0, len(ts), chunk):
