@@ -16,8 +16,8 @@ SNR on the finest grid with the operator's ``log_likelihood_grid`` (known poses)
 grids are column subsets (the grids are nested). ``wall_s`` = fit time + likelihood time
 prorated to ``N x K`` entries.
 
-The flow column: ``--with-flow`` calls ``cryosip.pipeline.fit_flow_for_benchmark(operator,
-observations, model, seed) -> (positions [M, 1], weights [M])`` if the pipeline provides it.
+The flow column: ``--with-flow`` runs ``cryosip.pipeline.fit_flow`` (the ``reconstruct``
+flow at its defaults: KL, WFR) on the benchmark's operator and in-memory observations.
 
 Run: ``.venv/bin/python benchmarks/consistency.py`` (quick, a few minutes) or ``--full``
 (K to 201, N to 3e4; hours on 2 CPU cores, minutes on a GPU). ``--problem toy`` runs the
@@ -166,17 +166,16 @@ def fit_rows(loglik, support_full, x_true, snr, args, ll_time):
 
 
 def flow_rows(operator, observations, model, x_true, snr, args):
-    """The flow column (hook for the lead engineer): empty if the pipeline lacks the entry."""
-    try:
-        from cryosip.pipeline import fit_flow_for_benchmark
-    except ImportError:
-        print("  --with-flow: cryosip.pipeline.fit_flow_for_benchmark not found; no flow rows")
-        return []
+    """The flow column: ``reconstruct``'s flow at its defaults on each subset."""
+    from cryosip.pipeline import fit_flow
+    from cryosip.pipeline.config import ReconstructConfig
+
+    config = ReconstructConfig(particles="(in memory)", seed=args.seed, progress=False)
     rows = []
     for n in args.n:
         t0 = time.perf_counter()
         subset = observations.take(jnp.arange(n))
-        pos, w = fit_flow_for_benchmark(operator, subset, model, args.seed)
+        pos, w = fit_flow(config, operator, model, subset).measure.to_numpy()
         rows.append({
             "method": "flow", "K": None, "N": n, "snr": snr,
             "w1": w1_to_truth(np.asarray(pos), w),

@@ -18,8 +18,7 @@
    --no-heldout`` does: W1 to the truth law (``w1_to_truth``), W1 to the ``N`` true ``x``
    of the images, and the finite-sample floor; writes
    ``benchmarks/results/cryojax_eo_side_by_side.json``. ``--with-flow`` adds cryosip's flow
-   through ``cryosip.pipeline.fit_flow_for_benchmark(operator, observations, model, seed)``
-   when the pipeline provides it.
+   through ``cryosip.pipeline.fit_flow`` (``reconstruct``'s flow at its defaults).
 
 Run: ``.venv/bin/python benchmarks/cryojax_eo_side_by_side.py`` (about 5-10 min on 2 CPU
 cores at the defaults). If the install or cryojax-eo's API fails, the reason is printed and
@@ -213,14 +212,13 @@ def parse_args(argv=None):
 
 
 def flow_row(op, obs, seed: int):
-    """``(positions, weights, wall_s)`` of the flow, if ``cryosip.pipeline`` has the hook."""
-    try:
-        from cryosip.pipeline import fit_flow_for_benchmark
-    except ImportError:
-        print("--with-flow: cryosip.pipeline.fit_flow_for_benchmark not found; no flow row")
-        return None
+    """``(positions, weights, wall_s)`` of ``reconstruct``'s flow at its defaults."""
+    from cryosip.pipeline import fit_flow
+    from cryosip.pipeline.config import ReconstructConfig
+
+    config = ReconstructConfig(particles="(in memory)", seed=seed, progress=False)
     t0 = time.perf_counter()
-    positions, weights = fit_flow_for_benchmark(op, obs, op.model, seed)
+    positions, weights = fit_flow(config, op, op.model, obs).measure.to_numpy()
     return np.asarray(positions), np.asarray(weights), time.perf_counter() - t0
 
 

@@ -18,9 +18,13 @@ __all__ = ["FlowConfig", "SolverConfig"]
 class SolverConfig(BaseModel):
     """Numbers of one explicit-Euler step (see :mod:`cryosip.flows.solvers`).
 
-    ``max_displacement`` caps the largest particle drift per step, in units of ``x``
-    (all particles share the reduced step, so it is a time-step rule, not a per-particle
-    clip). ``step_decay`` divides the controlled step by ``1 + step_decay * k``.
+    The one step-size rule (:mod:`cryosip.flows.solvers`): ``h_k = min(h_0, max_displacement
+    / max_j |v_j|) / (1 + step_decay * k)``. ``max_displacement`` caps the largest particle
+    drift per step, in units of ``x`` (all particles share the reduced step, so it is a
+    time-step rule, not a per-particle clip). ``step_size`` is ``h_0``; ``None`` sets it from
+    the first velocity, ``h_0 = max_displacement / max_j |v_j(0)|``, so that the fastest
+    particle moves ``max_displacement`` at step 0 (needs a finite ``max_displacement``;
+    :func:`cryosip.flows.builder.build_solver` resolves it).
     ``weight_rate > 0`` selects the Wasserstein-Fisher-Rao solver (Fisher-Rao step per
     iteration; resampling with jitter, in units of ``x``, when the effective sample size is
     below ``resample_ess_fraction * n_particles``).
@@ -28,7 +32,7 @@ class SolverConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step_size: float = Field(0.1, gt=0)
+    step_size: float | None = Field(0.1, gt=0)
     max_displacement: float = Field(float("inf"), gt=0)
     step_decay: float = Field(0.0, ge=0)
     temperature: float = Field(0.0, ge=0)
@@ -36,6 +40,14 @@ class SolverConfig(BaseModel):
     max_log_weight_change: float = Field(1.0, gt=0)
     resample_ess_fraction: float = Field(0.0, ge=0, le=1)
     resample_jitter: float = Field(0.0, ge=0)
+
+
+    @model_validator(mode="after")
+    def _auto_step_needs_a_cap(self) -> SolverConfig:
+        if self.step_size is None and self.max_displacement == float("inf"):
+            raise ValueError("step_size=None (set from the first velocity) needs a finite "
+                             "max_displacement")
+        return self
 
 
 class FlowConfig(BaseModel):

@@ -15,9 +15,13 @@ step (all particles keep their relative speeds, so it is a change of time variab
 distortion of the flow). It is needed because velocity scales differ by orders of
 magnitude between MMD and KL (KL velocities scale like ``1/sigma^2``) and along a run
 (a particle far from the data can move fast); a cap keeps particles from jumping over
-modes. The decay ``c`` (default 0) shrinks the controlled step like ``1/k`` (Robbins-Monro)
-so that the noise of minibatches and nuisance draws averages out instead of leaving the
-particles jittering at the noise level.
+modes. ``h_0`` is given, or (``step_size=None``, :func:`initial_step_size`) set from the
+first velocity as ``h_0 = delta_max / max_j |v_j(0)|``, so the first step moves the fastest
+particle by ``delta_max`` and later steps never exceed it in time. This is the only
+step-size rule: every caller (``reconstruct``, the toys, the benchmarks) goes through it
+(:mod:`cryosip.flows.builder`). The decay ``c`` (default 0) shrinks the controlled step
+like ``1/k`` (Robbins-Monro) so that the noise of minibatches and nuisance draws averages
+out instead of leaving the particles jittering at the noise level.
 
 **Wasserstein-Fisher-Rao** (:class:`WassersteinFisherRao`): positions move as above; weights
 follow the Fisher-Rao (birth-death) flow with the first variation
@@ -45,6 +49,7 @@ scale of the first variation (``O(1)`` for KL, ``O(k(0))`` for MMD).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -56,7 +61,8 @@ from cryosip.flows.config import SolverConfig
 from cryosip.flows.domains import Domain
 from cryosip.measures import ParticleMeasure, particle_velocity
 
-__all__ = ["FlowState", "WassersteinFisherRao", "WassersteinFlow", "make_solver"]
+__all__ = ["FlowState", "WassersteinFisherRao", "WassersteinFlow", "initial_step_size",
+           "make_solver"]
 
 #: Floor on log-weights in the Fisher-Rao step: a weight that underflows to 0 would make the
 #: velocity ``-grad/w`` undefined (0/0); ``e^-30 ~ 1e-13`` is mass no metric can see.
@@ -177,10 +183,27 @@ class WassersteinFisherRao(eqx.Module):
         return FlowState(positions, weights, state.time + h), loss
 
 
+def initial_step_size(config: SolverConfig, objective: Callable, measure: ParticleMeasure,
+                      batch, key: PRNGKeyArray, prior: Potential | None = None) -> float:
+    """``h_0`` of ``config``: ``step_size`` if given, else ``max_displacement / max_j |v_j|``
+    for the velocity at ``measure`` on ``batch`` (1.0 if that speed is 0 or not finite)."""
+    if config.step_size is not None:
+        return float(config.step_size)
+    grad = jax.jit(jax.grad(objective))(measure.positions, measure.weights, batch, key)
+    velocity = WassersteinFlow(1.0, prior=prior).drift(measure.positions, measure.weights, grad)
+    speed = float(jnp.max(jnp.linalg.norm(velocity, axis=1)))
+    if not math.isfinite(speed) or speed == 0:
+        return 1.0
+    return config.max_displacement / speed
+
+
 def make_solver(
     config: SolverConfig, domain: Domain | None = None, prior: Potential | None = None
 ) -> WassersteinFlow | WassersteinFisherRao:
-    """The solver a config describes (Fisher-Rao when ``weight_rate > 0``)."""
+    """The solver a config describes (Fisher-Rao when ``weight_rate > 0``); ``step_size``
+    must be set (:func:`initial_step_size` resolves ``None``)."""
+    if config.step_size is None:
+        raise ValueError("make_solver needs a step_size; resolve None with initial_step_size")
     transport = WassersteinFlow(
         config.step_size, config.max_displacement, config.step_decay, config.temperature,
         prior, domain,

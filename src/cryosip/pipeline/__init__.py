@@ -1,5 +1,5 @@
 """The reconstruction pipeline: particle files in, recovered measure and its report out."""
 
-from cryosip.pipeline.reconstruct import fit_flow, fit_flow_for_benchmark
+from cryosip.pipeline.reconstruct import fit_flow
 
-__all__ = ["fit_flow", "fit_flow_for_benchmark"]
+__all__ = ["fit_flow"]

@@ -57,7 +57,7 @@ class ReconstructConfig(BaseModel):
     n_draws: int = Field(256, ge=1)
     mmd_bandwidth: float = Field(1.0, gt=0)
     mmd_features: Literal["pixels", "power-spectrum"] = "pixels"
-    wfr: bool = False
+    wfr: bool = True
     weight_rate: float = Field(1.0, gt=0)
     flow_box: int | None = Field(32, ge=8)
     heldout_fraction: float = Field(0.05, ge=0, lt=1)

@@ -31,13 +31,13 @@ from cryosip.flows import (
     Checkpointer,
     Domain,
     FlowConfig,
+    FlowProblem,
     FlowResult,
     KLObjective,
     MMDObjective,
     SolverConfig,
-    make_solver,
+    fit_measure,
 )
-from cryosip.flows import run_flow as _run_flow
 from cryosip.forward import CryoEMOperator, NuisancePrior
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
@@ -45,11 +45,11 @@ from cryosip.measures.features import RadialPowerSpectrum
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import PreparedData, estimate_scale, prepare_data
 from cryosip.pipeline.register import Registration, boundary_warning, register_translation
+from cryosip.seeds import jax_key, numpy_rng
 from cryosip.structures.factory import load_model
 from cryosip.structures.translated import TranslatedModel
 
-__all__ = ["ReconstructResult", "build_operator", "fit_flow", "fit_flow_for_benchmark",
-           "initial_measure", "reconstruct"]
+__all__ = ["ReconstructResult", "build_operator", "fit_flow", "initial_measure", "reconstruct"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def initial_measure(model, n_particles: int, seed: int) -> ParticleMeasure:
     if lower.size == 1:
         u = (np.arange(n_particles)[:, None] + 0.5) / n_particles
     else:
-        u = np.random.default_rng([seed, 31]).uniform(size=(n_particles, lower.size))
+        u = numpy_rng(seed, "init").uniform(size=(n_particles, lower.size))
     return ParticleMeasure.uniform(jnp.asarray(lower + u * (upper - lower), jnp.float32))
 
 
@@ -105,7 +105,7 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     n_draws = max(1, config.n_draws // config.n_particles)
     if config.mmd_features == "power-spectrum":
         phi = RadialPowerSpectrum(operator.image_config.box_size)
-        h = config.mmd_bandwidth * _feature_scale(operator, phi, n_draws)
+        h = config.mmd_bandwidth * _feature_scale(operator, phi, config.seed, n_draws)
         return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws,
                             marginalise_noise=False, feature_map=phi)
     n_pix = operator.image_config.box_size**2
@@ -113,9 +113,9 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws)
 
 
-def _feature_scale(operator, phi, n: int = 256) -> float:
+def _feature_scale(operator, phi, seed: int, n: int = 256) -> float:
     """Median distance between features of noisy prior simulations (median heuristic)."""
-    key = jax.random.key(12345)
+    key = jax_key(seed, "bandwidth")
     w = operator.sample_nuisance(key, n)
     xs = jax.random.uniform(jax.random.fold_in(key, 1), (n, operator.model.dim),
                             minval=jnp.asarray(operator.model.lower),
@@ -125,27 +125,14 @@ def _feature_scale(operator, phi, n: int = 256) -> float:
     return float(median_bandwidth(jax.vmap(phi)(sims)))
 
 
-def _auto_step(objective, measure, batch, key, max_displacement: float) -> float:
-    """``h_0`` such that the fastest particle moves ``max_displacement`` at step 0."""
-    grad = jax.jit(jax.grad(objective))(measure.positions, measure.weights, batch, key)
-    speed = float(jnp.max(jnp.linalg.norm(grad / measure.weights[:, None], axis=1)))
-    if not np.isfinite(speed) or speed == 0:
-        return 1.0
-    return max_displacement / speed
-
-
-def _solver(config, model, objective, measure, first_batch, key):
-    domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
-                    tuple(model.periodic))
-    step = config.step_size
-    if step is None:
-        step = _auto_step(objective, measure, first_batch, key, config.max_displacement)
-    solver_config = SolverConfig(
-        step_size=step, max_displacement=config.max_displacement,
+def _solver_config(config: ReconstructConfig) -> SolverConfig:
+    """The solver's numbers (``step_size=None``: the first step moves the fastest particle
+    ``max_displacement``, :func:`cryosip.flows.solvers.initial_step_size`)."""
+    return SolverConfig(
+        step_size=config.step_size, max_displacement=config.max_displacement,
         step_decay=config.step_decay, temperature=config.temperature,
         weight_rate=config.weight_rate if config.wfr else 0.0,
     )
-    return make_solver(solver_config, domain), solver_config
 
 
 def fit_flow(config: ReconstructConfig, operator, model, observations,
@@ -153,30 +140,23 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
     """The particle flow of ``config`` on any operator and observations (or a source).
 
     ``observations`` is an :class:`~cryosip.operators.Observations` or anything with
-    ``len`` and ``take(rows)`` (a :class:`~cryosip.pipeline.data.StackSource`).
+    ``len`` and ``take(rows)`` (a :class:`~cryosip.pipeline.data.StackSource`). Benchmarks
+    call this with their own operator and in-memory observations.
     """
-    objective = _objective(config, operator)
-    measure = initial_measure(model, config.n_particles, config.seed)
-    key = jax.random.key(config.seed)
+    domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
+                    tuple(model.periodic))
+    problem = FlowProblem(_objective(config, operator),
+                          initial_measure(model, config.n_particles, config.seed),
+                          observations, domain)
     n = len(observations)
-    first = observations.take(np.arange(min(config.minibatch_size, n)))
-    solver, _ = _solver(config, model, objective, measure, first, key)
     every = config.history_every
-    flow_config = FlowConfig(
+    loop = FlowConfig(
         max_steps=config.steps, batch_size=min(config.minibatch_size, n), history_every=every,
         checkpoint_every=max(every, config.checkpoint_every // every * every),
         progress=config.progress,
     )
-    return _run_flow(solver, objective, measure, observations, key, flow_config,
-                     checkpointer=checkpointer, resume=resume)
-
-
-def fit_flow_for_benchmark(operator, observations, model, seed: int = 0,
-                           **options) -> tuple[np.ndarray, np.ndarray]:
-    """``(positions, weights)`` of the default flow (KL, WFR) for benchmarks."""
-    config = ReconstructConfig(particles="(in memory)", seed=seed, progress=False,
-                               **{"wfr": True, **options})
-    return fit_flow(config, operator, model, observations).measure.to_numpy()
+    return fit_measure(problem, _solver_config(config), loop, jax_key(config.seed, "flow"),
+                       checkpointer, resume)
 
 
 def reconstruct(config: ReconstructConfig, out_dir: str | Path,

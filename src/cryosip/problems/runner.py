@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,16 +26,17 @@ from scipy import stats
 from cryosip.discrepancies import MultiGaussianKernel, median_bandwidth
 from cryosip.flows import (
     FlowConfig,
+    FlowProblem,
     FlowResult,
     KLObjective,
     MMDObjective,
     SolverConfig,
-    make_solver,
-    run_flow,
+    fit_measure,
 )
 from cryosip.measures import ParticleMeasure
 from cryosip.metrics import wasserstein_1d_to_quantile, wasserstein_nd
 from cryosip.problems.toys import ToyProblem, make_toy
+from cryosip.seeds import jax_key, numpy_rng
 
 __all__ = ["ToyRun", "ToyRunConfig", "default_solver_config", "initial_measure", "run_toy"]
 
@@ -62,7 +62,9 @@ class ToyRunConfig(BaseModel):
 
 
 def default_solver_config(discrepancy: str, wfr: bool, steps: int) -> SolverConfig:
-    """Defaults chosen by measurement on toy (a) (docs/sip-core.md, benchmarks/toy_flows.py)."""
+    """The toys' numbers for the one step-size rule of :mod:`cryosip.flows.solvers`, chosen by
+    measurement on toy (a) (docs/sip-core.md, benchmarks/toy_flows.py): ``h_0 = 1`` so the
+    cap of 0.05 (units of ``x``, domain [-5, 5]) binds, decay ``4 / steps``."""
     weight_rate = (0.1 if discrepancy == "mmd" else 0.3) if wfr else 0.0
     return SolverConfig(
         step_size=1.0,
@@ -100,7 +102,8 @@ class ToyRun:
         }
 
 
-def initial_measure(problem: ToyProblem, n_particles: int, init: str) -> ParticleMeasure:
+def initial_measure(problem: ToyProblem, n_particles: int, init: str,
+                    seed: int = 0) -> ParticleMeasure:
     """Particles at Gaussian quantiles matching the observations (``"moments"``), or 90% of
     them in the minor mode of toy (a) (``"wrong_mode"``)."""
     levels = (np.arange(n_particles) + 0.5) / n_particles
@@ -118,7 +121,7 @@ def initial_measure(problem: ToyProblem, n_particles: int, init: str) -> Particl
         y = np.asarray(problem.observations.values[:, 0])
         x = (y.mean() + y.std() * stats.norm.ppf(levels))[:, None]
     else:
-        rng = np.random.default_rng(0)
+        rng = numpy_rng(seed, "init")
         scale = np.sqrt(2.0) * np.std(np.asarray(problem.observations.values))
         x = scale * rng.standard_normal((n_particles, dim))
     x = problem.domain.project(jnp.asarray(x, jnp.float32))
@@ -133,10 +136,10 @@ def _objective(problem: ToyProblem, config: ToyRunConfig):
     return MMDObjective(problem.operator, kernel, n_draws=config.n_draws)
 
 
-def _reference(problem: ToyProblem) -> np.ndarray:
+def _reference(problem: ToyProblem, seed: int) -> np.ndarray:
     """The truth as a large sample of its identifiable part: 400 000 sorted values in 1-D
     (its quantile function), 1000 points in d-D (exact OT by assignment)."""
-    rng = np.random.default_rng(123)
+    rng = numpy_rng(seed, "evaluate")
     if problem.truth.dim == 1:
         return np.sort(problem.identifiable(problem.truth.sample(rng, 400_000))[:, 0])
     return problem.identifiable(problem.truth.sample(rng, 1000))
@@ -181,14 +184,13 @@ def run_toy(config: ToyRunConfig) -> ToyRun:
     problem = make_toy(config.problem, config.n_obs, config.seed)
     solver_cfg = config.solver or default_solver_config(
         config.discrepancy, config.wfr, config.steps)
-    solver = make_solver(solver_cfg, problem.domain)
-    init = initial_measure(problem, config.n_particles, config.init)
+    init = initial_measure(problem, config.n_particles, config.init, config.seed)
     flow_cfg = FlowConfig(max_steps=config.steps, batch_size=config.batch_size,
                           history_every=max(1, config.steps // 30), progress=config.progress)
-    result = run_flow(solver, _objective(problem, config), init, problem.observations,
-                      jax.random.key(config.seed), flow_cfg)
-    ref = _reference(problem)
+    flow = FlowProblem(_objective(problem, config), init, problem.observations, problem.domain)
+    result = fit_measure(flow, solver_cfg, flow_cfg, jax_key(config.seed, "flow"))
+    ref = _reference(problem, config.seed)
     w1, w2 = _distances(problem, *result.measure.to_numpy(), ref)
     w1_init, w2_init = _distances(problem, *init.to_numpy(), ref)
-    floor_w1, floor_w2 = _floors(problem, config, ref, np.random.default_rng(config.seed + 1))
+    floor_w1, floor_w2 = _floors(problem, config, ref, numpy_rng(config.seed, "floor"))
     return ToyRun(config, problem, result, w1, w2, w1_init, w2_init, floor_w1, floor_w2)
