@@ -8,7 +8,8 @@ white). Values are divided by ``(box/flow_box)^2`` so a constant image keeps its
 the model renders pixel averages at the coarser pixel, so the two agree.
 
 A fraction of the images is **held out** (never used by the flow) for the evaluation's
-image-space MMD; the split is a permutation from the run's seed.
+image-space MMD; the split is a permutation from the run's seed (stream ``"split"`` of
+:mod:`cryosip.seeds`; the scale estimate's images and prior draws use ``"scale"``).
 
 Images are read from the memory-mapped stack only when a minibatch asks for them
 (:meth:`PreparedData.observations`).
@@ -40,6 +41,7 @@ from cryosip.io import ParticleStack
 from cryosip.operators import Observations
 from cryosip.pipeline import estimate
 from cryosip.rotations import sample_uniform_euler
+from cryosip.seeds import numpy_rng
 from cryosip.structures.base import AbstractConformationModel
 
 __all__ = ["DataScale", "PreparedData", "StackSource", "fourier_crop", "prepare_data"]
@@ -157,7 +159,7 @@ def _stacked_optics(stack: ParticleStack) -> Optics:
 
 
 def _split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    perm = numpy_rng(seed, "split").permutation(n)
     n_held = int(round(heldout_fraction * n)) if n > 1 else 0
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
@@ -183,7 +185,7 @@ def estimate_scale(data: PreparedData, model: AbstractConformationModel, known_p
                    n_images: int, seed: int, offset=None, contrast=None, noise_std=None,
                    n_grid: int = 12) -> DataScale:
     """Offset, contrast and noise of the training images (given values are kept)."""
-    rng = np.random.default_rng([seed, 104729])
+    rng = numpy_rng(seed, "scale")
     index = np.sort(rng.choice(data.train_index, min(n_images, len(data.train_index)),
                                replace=False))
     images = data.raw_images(index)

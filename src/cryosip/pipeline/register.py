@@ -48,6 +48,7 @@ from cryosip.forward import CryoEMOperator, NuisancePrior
 from cryosip.pipeline.data import PreparedData, _grid, _reference_images
 from cryosip.pipeline.estimate import contrast_em, contrast_loglik
 from cryosip.rotations import euler_to_matrix
+from cryosip.seeds import numpy_rng
 from cryosip.structures.base import AbstractConformationModel
 from cryosip.structures.translated import TranslatedModel
 
@@ -228,7 +229,7 @@ def register_translation(data: PreparedData, model: AbstractConformationModel, *
                          coarse_step_pixels: float = 0.5) -> Registration:
     """Maximum-likelihood offset ``t`` (Å) of ``model`` from the training images (known
     poses), ``x`` on a grid, beside the contrast (module docstring)."""
-    rng = np.random.default_rng([seed, 2750159])
+    rng = numpy_rng(seed, "registration")
     index = np.sort(rng.choice(data.train_index, min(n_images, len(data.train_index)),
                                replace=False))
     images = data.raw_images(index).astype(np.float64) - data.scale.offset
