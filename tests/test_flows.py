@@ -175,10 +175,21 @@ def test_configs_are_frozen_and_strict():
         cfg.max_steps = 3  # type: ignore[misc]
 
 
-def test_known_nuisance_mmd_objective_runs_on_projections():
+def test_known_nuisance_mmd_objective_matches_its_closed_form_on_projections():
+    """Conditional MMD^2 with the noise integrated out, written here from Gaussian integrals:
+    for g_in = <x_i, u_n>, noise s and a Gaussian kernel of bandwidth h,
+    E k(g + s e, g' + s e') = sqrt(h^2/(h^2+2s^2)) exp(-(g-g')^2 / (2(h^2+2s^2))) and
+    E k(g + s e, y) = sqrt(h^2/(h^2+s^2)) exp(-(g-y)^2 / (2(h^2+s^2)))."""
     op = RandomProjectionOperator()
     u = op.sample_nuisance(jax.random.key(0), 10)
-    obs = Observations(jnp.ones((10, 1)), u)
-    value = MMDObjective(op, GaussianKernel(1.0))(jnp.zeros((3, 2)), jnp.full(3, 1 / 3), obs,
-                                                  jax.random.key(1))
-    assert np.isfinite(float(value)) and float(value) >= 0.0
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(3, 2)), rng.normal(size=(10, 1))
+    w = np.array([0.2, 0.3, 0.5])
+    value = MMDObjective(op, GaussianKernel(1.0))(jnp.asarray(x, jnp.float32), jnp.asarray(
+        w, jnp.float32), Observations(jnp.asarray(y, jnp.float32), u), jax.random.key(1))
+    h2, s2 = 1.0, op.noise_std**2
+    g = x @ np.asarray(u, np.float64).T  # [particle, observation]
+    ss = np.sqrt(h2 / (h2 + 2 * s2)) * np.exp(-(g[:, None] - g[None]) ** 2 / (2 * (h2 + 2 * s2)))
+    sy = np.sqrt(h2 / (h2 + s2)) * np.exp(-(g - y[:, 0]) ** 2 / (2 * (h2 + s2)))
+    expected = np.mean(np.einsum("i,ijn,j->n", w, ss, w) - 2 * w @ sy + 1.0)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)

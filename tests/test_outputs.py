@@ -124,7 +124,10 @@ def test_contour_encloses_the_protein_volume(bead_run):
     np.testing.assert_allclose(dalton, 23.6e3, rtol=0.02)
     volume, _, voxel = read_mrc_raw(out / records[1]["map"])
     enclosed = np.sum(volume > records[1]["level"]) * voxel**3
-    np.testing.assert_allclose(enclosed, 1.21 * dalton, rtol=0.25)
+    # contour_level's documented range for the all-atom AdK map: 0.8 of the density encloses
+    # 25-28 x 10^3 A^3 of the 28.6 x 10^3 that 1.21 A^3/Da gives (the map is blurred by the
+    # voxel and the atoms' widths, so a little less than the protein's volume is enclosed)
+    assert 25e3 / 28.6e3 * 1.21 * dalton <= enclosed <= 1.21 * dalton, enclosed / dalton
 
 
 def test_contour_level_closed_form():

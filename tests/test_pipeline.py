@@ -8,6 +8,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+from scipy import stats
 
 from cryosip.cli.main import main
 from cryosip.datasets import parse_simulate_config, simulate_dataset
@@ -112,7 +113,21 @@ def test_reconstruct_and_evaluate_cli_write_their_files(hinge_data, tmp_path, ca
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--truth", str(hinge_data / "truth.npz")]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert scores["w1"] > 0 and scores["floor"] > 0
+    with np.load(run / "ensemble.npz") as ens, np.load(hinge_data / "truth.npz") as t:
+        positions, weights, x_true = ens["positions"][:, 0], ens["weights"], t["x"][:, 0]
+    # W1 to the images' true x, by scipy's implementation (exact up to rounding)
+    w1 = stats.wasserstein_distance(positions, x_true, u_weights=weights)
+    np.testing.assert_allclose(scores["w1"], w1, rtol=1e-9)
+    # the floor against its large-n law (del Barrio, Gine & Matran 1999):
+    # E W1(F_n, F) ~ sqrt(2 / (pi n)) int sqrt(F (1 - F)) dx, F here the images' empirical
+    # CDF; 25% covers the O(n^-1/2) terms at n ~ 200 and the 10 repeats' Monte Carlo error
+    xs = np.sort(x_true)
+    cdf = np.arange(1, len(xs)) / len(xs)
+    law = np.sqrt(2 / (np.pi * len(xs))) * np.sum(np.sqrt(cdf * (1 - cdf)) * np.diff(xs))
+    np.testing.assert_allclose(scores["floor"], law, rtol=0.25)
+    # triangle inequality: |W1(mu, truth) - W1(mu, images)| <= W1(images, truth), a draw of
+    # the floor's law (mean floor, sd floor_std)
+    assert abs(scores["w1_to_truth"] - w1) <= scores["floor"] + 4 * scores["floor_std"]
     assert json.loads((run / "evaluation.json").read_text())["w1"] == scores["w1"]
     assert scores["heldout_mmd"] <= scores["heldout_mmd_uniform"] + 1e-6
 
