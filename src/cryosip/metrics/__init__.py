@@ -2,6 +2,7 @@
 
 from cryosip.metrics.wasserstein import (
     finite_sample_floor,
+    finite_sample_floors,
     wasserstein_1d,
     wasserstein_1d_to_quantile,
     wasserstein_nd,
@@ -9,6 +10,7 @@ from cryosip.metrics.wasserstein import (
 
 __all__ = [
     "finite_sample_floor",
+    "finite_sample_floors",
     "wasserstein_1d",
     "wasserstein_1d_to_quantile",
     "wasserstein_nd",

@@ -34,7 +34,7 @@ from cryosip.flows import (
     fit_measure,
 )
 from cryosip.measures import ParticleMeasure
-from cryosip.metrics import wasserstein_1d_to_quantile, wasserstein_nd
+from cryosip.metrics import finite_sample_floors, wasserstein_1d_to_quantile, wasserstein_nd
 from cryosip.problems.toys import ToyProblem, make_toy
 from cryosip.seeds import jax_key, numpy_rng
 
@@ -173,10 +173,9 @@ def _floors(problem, config, ref, rng):
     one_d = problem.truth.dim == 1
     n = config.n_obs if one_d else min(config.n_obs, ref.shape[0])
     repeats = config.floor_repeats if one_d else min(config.floor_repeats, 5)
-    values = np.array([_distances(problem, problem.truth.sample(rng, n), None, ref)
-                       for _ in range(repeats)])
-    return tuple((float(m), float(s)) for m, s in zip(values.mean(0), values.std(0, ddof=1),
-                                                       strict=True))
+    return tuple(finite_sample_floors(problem.truth.sample,
+                                      lambda s: _distances(problem, s, None, ref), n, rng,
+                                      repeats))
 
 
 def run_toy(config: ToyRunConfig) -> ToyRun:
