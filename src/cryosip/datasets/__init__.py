@@ -7,7 +7,7 @@ from cryosip.datasets.config import (
     parse_simulate_config,
 )
 from cryosip.datasets.simulate import SimulationResult, build_operator, simulate_dataset
-from cryosip.datasets.truth import (
+from cryosip.problems.truth import (
     BetaComponent,
     GaussianComponent,
     TruthMixture,

@@ -47,8 +47,8 @@ from pydantic import (
     model_validator,
 )
 
-from cryosip.datasets.truth import Component
 from cryosip.errors import InputError
+from cryosip.problems.truth import Component
 from cryosip.structures.factory import BuiltinModelSpec, FileModelSpec, parse_model_spec
 
 __all__ = ["OpticsConfig", "SimulateConfig", "load_simulate_config"]

@@ -36,11 +36,11 @@ import yaml
 from tqdm.auto import tqdm
 
 from cryosip.datasets.config import SimulateConfig
-from cryosip.datasets.truth import TruthMixture
 from cryosip.errors import InputError
 from cryosip.forward import CryoEMOperator, ImageConfig, ImageNuisance, NuisancePrior, Optics
 from cryosip.io.mrc import create_stack
 from cryosip.io.star import write_star
+from cryosip.problems.truth import TruthMixture
 from cryosip.provenance import utc_now, write_provenance
 from cryosip.structures.factory import load_model
 

@@ -6,14 +6,14 @@ from cryosip.problems.operators import (
     RandomProjectionOperator,
 )
 from cryosip.problems.toys import ToyProblem, bimodal_affine, folded_1d, make_toy, projection_2d
-from cryosip.problems.truth import GaussianMixture
+from cryosip.problems.truth import TruthMixture
 
 __all__ = [
     "AbsoluteValueOperator",
-    "GaussianMixture",
     "RandomAffineOperator",
     "RandomProjectionOperator",
     "ToyProblem",
+    "TruthMixture",
     "bimodal_affine",
     "folded_1d",
     "make_toy",

@@ -110,11 +110,10 @@ def initial_measure(problem: ToyProblem, n_particles: int, init: str,
     dim = problem.truth.dim
     if init == "wrong_mode":
         n_wrong = int(round(0.9 * n_particles))
-        minor, major = np.argsort(problem.truth.weights)[:2]
+        minor, major = (problem.truth.components[k] for k in np.argsort(problem.truth.weights)[:2])
         x = np.concatenate([
-            problem.truth.means[minor, 0] + problem.truth.stds[minor, 0]
-            * stats.norm.ppf((np.arange(n_wrong) + 0.5) / n_wrong),
-            problem.truth.means[major, 0] + problem.truth.stds[major, 0]
+            minor.mean[0] + minor.std[0] * stats.norm.ppf((np.arange(n_wrong) + 0.5) / n_wrong),
+            major.mean[0] + major.std[0]
             * stats.norm.ppf((np.arange(n_particles - n_wrong) + 0.5) / (n_particles - n_wrong)),
         ])[:, None]
     elif dim == 1:

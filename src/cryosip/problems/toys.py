@@ -36,7 +36,7 @@ from cryosip.problems.operators import (
     RandomAffineOperator,
     RandomProjectionOperator,
 )
-from cryosip.problems.truth import GaussianMixture
+from cryosip.problems.truth import TruthMixture
 
 __all__ = ["ToyProblem", "bimodal_affine", "folded_1d", "make_toy", "projection_2d"]
 
@@ -52,7 +52,7 @@ class ToyProblem:
     name: str
     operator: AbstractRandomOperator
     observations: Observations
-    truth: GaussianMixture
+    truth: TruthMixture
     domain: Domain
     true_x: np.ndarray
     identifiable: Callable[[np.ndarray], np.ndarray] = lambda x: x
@@ -73,8 +73,8 @@ def _box(lo: float, hi: float, dim: int) -> Domain:
 
 def bimodal_affine(n_obs: int, seed: int = 0, known_nuisance: bool = False) -> ToyProblem:
     """Toy (a): a bimodal 1-D law through a random affine map."""
-    truth = GaussianMixture(np.array([0.35, 0.65]), np.array([[-2.0], [1.5]]),
-                            np.array([[0.4], [0.6]]))
+    truth = TruthMixture.from_gaussians([0.35, 0.65], [[-2.0], [1.5]], [[0.4], [0.6]],
+                                        [-5.0], [5.0])
     true_x = truth.sample(np.random.default_rng(seed), n_obs)
     operator = RandomAffineOperator()
     obs = _observe(operator, true_x, seed, known_nuisance)
@@ -83,11 +83,9 @@ def bimodal_affine(n_obs: int, seed: int = 0, known_nuisance: bool = False) -> T
 
 def projection_2d(n_obs: int, seed: int = 0) -> ToyProblem:
     """Toy (b): a 2-D mixture seen through random 1-D projections with known directions."""
-    truth = GaussianMixture(
-        np.array([0.4, 0.35, 0.25]),
-        np.array([[-1.5, -1.0], [1.5, -0.5], [0.0, 1.8]]),
-        np.array([[0.4, 0.6], [0.5, 0.3], [0.6, 0.4]]),
-    )
+    truth = TruthMixture.from_gaussians(
+        [0.4, 0.35, 0.25], [[-1.5, -1.0], [1.5, -0.5], [0.0, 1.8]],
+        [[0.4, 0.6], [0.5, 0.3], [0.6, 0.4]], [-4.0, -4.0], [4.0, 4.0])
     true_x = truth.sample(np.random.default_rng(seed), n_obs)
     operator = RandomProjectionOperator()
     obs = _observe(operator, true_x, seed, known_nuisance=True)
@@ -96,8 +94,8 @@ def projection_2d(n_obs: int, seed: int = 0) -> ToyProblem:
 
 def folded_1d(n_obs: int, seed: int = 0) -> ToyProblem:
     """Toy (c): ``y = |x| + noise``, not identifiable (module docstring)."""
-    truth = GaussianMixture(np.array([0.7, 0.3]), np.array([[-1.5], [1.0]]),
-                            np.array([[0.3], [0.3]]))
+    truth = TruthMixture.from_gaussians([0.7, 0.3], [[-1.5], [1.0]], [[0.3], [0.3]],
+                                        [-3.0], [3.0])
     true_x = truth.sample(np.random.default_rng(seed), n_obs)
     operator = AbsoluteValueOperator()
     obs = _observe(operator, true_x, seed, known_nuisance=False)
