@@ -148,7 +148,7 @@ def render_images(
     ``window_pixels`` (static): projection window, see :mod:`cryosip.forward.projector`
     (``None``: whole box; :func:`~cryosip.forward.projector.window_pixels_for` is safe).
     ``footprint_pixels`` (static): per-atom footprints instead of the dense product
-    (:func:`~cryosip.forward.projector.choose_footprint`).
+    (:func:`~cryosip.forward.projector.footprint_pixels_for` is safe).
     """
     projector = GaussianProjector(window_pixels=window_pixels, footprint_pixels=footprint_pixels)
     return ImageModel(image_config, optics, projector).render_batch(atoms, nuisance)

@@ -21,7 +21,8 @@ profiles are evaluated on a ``W x W`` window centred (to the pixel) on the proje
 centroid of the atoms and the product is placed into the zero box: ``W^2 n`` instead of
 ``box^2 n`` multiply-adds. It is exact as long as every atom lies ``4 s`` inside the
 window; :func:`window_pixels_for` gives a safe ``W`` from the structure's radius about
-its centroid (rotation invariant), the widths and the largest shift.
+its centroid (rotation invariant) and the widths; shifts need no margin, since the window
+follows the shifted centroid.
 
 >>> import jax.numpy as jnp
 >>> from cryosip.forward.config import ImageConfig
@@ -149,18 +150,16 @@ def _cdf_product_bwd(res, dm):
 cdf_product.defvjp(_cdf_product_fwd, _cdf_product_bwd)
 
 
-def window_pixels_for(
-    atoms: Atoms, config: ImageConfig, max_shift_angstrom: float = 0.0, margin_sigmas: float = 4.0
-) -> int:
+def window_pixels_for(atoms: Atoms, config: ImageConfig, *, margin_sigmas: float = 4.0) -> int:
     """A safe window size (pixels) for :class:`GaussianProjector` (eager, not traced).
 
     ``W = 2 ceil((R + margin * s_max) / p) + 2`` with ``R`` the largest distance of an
-    atom from the centroid; returns ``box`` when that is not smaller.
+    atom from the centroid; returns ``box`` when that is not smaller. Image shifts need no
+    margin: the window is centred on the projected centroid after the shift.
     """
     pos = np.asarray(atoms.positions_angstrom)
     radius = np.linalg.norm(pos - pos.mean(0), axis=1).max()
     reach = radius + margin_sigmas * float(np.max(atoms.widths_angstrom))
-    del max_shift_angstrom  # the window follows the projected centroid, shifts included
     w = 2 * math.ceil(reach / config.pixel_size_angstrom) + 2
     return int(min(w, config.box_size))
 
