@@ -19,8 +19,9 @@ has no B-factors, so widths are :data:`~cryosip.structures.topology.DEFAULT_WIDT
   boundaries stretch and domain interfaces can clash, since no such structure was
   simulated; use it as a 2-D test geometry, not as physics.
 
-``coarse="residue"`` gives one bead per residue at its CA (214 beads, amplitude = sum of
-the residue's atomic numbers, second-moment-matched width); ``hydrogens=False`` drops H.
+``coarse="residue"`` gives one bead per residue at the residue's amplitude-weighted
+centroid (214 beads, amplitude = sum of the residue's atomic numbers, second-moment-matched
+width); ``hydrogens=False`` drops H.
 
 >>> import jax.numpy as jnp
 >>> model = AdkPath(coarse="residue")

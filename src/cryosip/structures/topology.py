@@ -6,12 +6,15 @@ atom's isotropic 3-D Gaussian: from a B-factor ``B = 8 pi^2 s^2`` when the sourc
 non-zero B-factors, else :data:`DEFAULT_WIDTH_ANGSTROM`.
 
 Coarse-graining to one bead per residue (:func:`coarse_grain_residues`) puts the bead at
-the residue's CA (its first atom if it has no CA), with amplitude ``sum_a Z_a`` and the
-width that matches the residue's amplitude-weighted second moment about the bead:
+the residue's amplitude-weighted centroid ``r_c = sum_a Z_a r_a / sum_a Z_a`` (in every
+frame), with amplitude ``sum_a Z_a`` and the width that matches the residue's
+amplitude-weighted second moment about the bead:
 
-.. math:: s_{bead}^2 = s_{atom}^2 + \frac{1}{3}\frac{\sum_a Z_a |r_a - r_{CA}|^2}{\sum_a Z_a}
+.. math:: s_{bead}^2 = \overline{s_a^2} + \frac{1}{3}\frac{\sum_a Z_a |r_a - r_c|^2}{\sum_a Z_a}
 
-(computed on the first frame; the 1/3 turns the 3-D mean square into a per-axis variance).
+(computed on the first frame; the 1/3 turns the 3-D mean square into a per-axis variance;
+the bar is the mean over the residue's atoms). The bead keeps the name of the residue's CA
+(its first atom if it has no CA), not its position.
 
 >>> atomic_numbers_from_masses(np.array([1.008, 12.011, 32.06])).tolist()
 [1, 6, 16]
