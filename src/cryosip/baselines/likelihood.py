@@ -3,10 +3,10 @@ r"""The log-likelihood matrix ``L[n, k] = log p(y_n | x_k)`` of any random opera
 * **known nuisance** (``observations.nuisance`` is set): ``L = log N(y_n; G(x_k, w_n),
   sigma^2 I)`` through ``operator.log_likelihood_grid``;
 * **unknown nuisance**: the marginal ``log p(y_n|x_k) = log ∫ N(y_n; G(x_k,w), sigma^2 I)
-  dpi(w)``; the operator's own ``log_marginal_likelihood_grid(ys, xs, key, n_draws)`` is
-  used if it has one, otherwise the Monte Carlo estimate with ``B = n_draws`` nuisances
-  ``w_b ~ pi`` shared by all images (common random numbers, so the result does not depend
-  on the batch size):
+  dpi(w)``, the operator's ``log_marginal_likelihood_grid(ys, xs, key, n_draws)``: an
+  operator's quadrature where it has one, else :class:`~cryosip.operators.AbstractRandomOperator`'s
+  Monte Carlo estimate with ``B = n_draws`` nuisances ``w_b ~ pi`` shared by all images
+  (common random numbers, so the result does not depend on the batch size):
 
   .. math::  \log p(y_n|x_k) \approx \operatorname{logsumexp}_b \log N(y_n; G(x_k, w_b),
              \sigma^2 I) - \log B.
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from cryosip.operators import AbstractRandomOperator, Observations, gaussian_log_likelihood
+from cryosip.operators import AbstractRandomOperator, Observations
 
 __all__ = ["default_block_sizes", "log_likelihood_matrix"]
 
@@ -59,16 +59,6 @@ def _take(tree: PyTree, start: int, stop: int, size: int) -> PyTree:
 @eqx.filter_jit
 def _known_block(operator, ys, xs, nuisance):
     return operator.log_likelihood_grid(ys, xs, nuisance)
-
-
-@eqx.filter_jit
-def _mc_marginal_block(operator, ys, xs, draws):
-    """``logsumexp_b log N(y_n; G(x_k, w_b)) - log B`` for one block."""
-    g = operator.clean_grid(xs, draws)  # (k, b, *obs)
-    one = lambda y, m: gaussian_log_likelihood(y, m, operator.noise_std)
-    per_image = lambda y: jax.vmap(jax.vmap(lambda m: one(y, m)))(g)
-    ll = jax.vmap(per_image)(ys)  # (n, k, b)
-    return jax.nn.logsumexp(ll, axis=-1) - jnp.log(g.shape[1])
 
 
 def _blocks(n: int, size: int):
@@ -116,11 +106,9 @@ def _block_function(operator, observations, key, n_draws):
         return lambda ys, xs, nuis: _known_block(operator, ys, xs, nuis)
     if key is None:
         raise ValueError("unknown nuisance: pass a JAX key for the marginal likelihood")
-    if hasattr(operator, "log_marginal_likelihood_grid"):
-        marginal = eqx.filter_jit(operator.log_marginal_likelihood_grid)
-        return lambda ys, xs, _: marginal(ys, xs, key, n_draws)
-    draws = operator.sample_nuisance(key, n_draws)
-    return lambda ys, xs, _: _mc_marginal_block(operator, ys, xs, draws)
+    # every operator has it: AbstractRandomOperator's Monte Carlo default, or quadrature
+    marginal = eqx.filter_jit(operator.log_marginal_likelihood_grid)
+    return lambda ys, xs, _: marginal(ys, xs, key, n_draws)
 
 
 def default_block_sizes(obs_size: int, n_draws: int = 1, budget: int = 2**24) -> tuple[int, int]:
