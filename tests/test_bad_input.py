@@ -146,4 +146,4 @@ def test_bad_config_library_boundary(tmp_path):
     config.write_text(yaml.safe_dump({**BASE, "frobnicate": 1}))
     with pytest.raises(InputError) as err:
         load_simulate_config(config)
-    one_line(err, "bad.yaml", "field frobnicate", "unknown key")
+    one_line(err, "bad.yaml", "field frobnicate", "expected a known key", "'frobnicate'")

@@ -38,7 +38,7 @@ from jaxtyping import Float
 from cryosip.baselines.mixture import GaussianMixtureX
 from cryosip.baselines.reweighting import PerImageMAP, Reweighting
 from cryosip.baselines.support import grid_support, trajectory_support
-from cryosip.errors import InputError
+from cryosip.errors import InputError, from_validation
 from cryosip.operators import AbstractRandomOperator, Observations
 
 __all__ = ["METHODS", "BaselineConfig", "BaselineResult", "fit_baseline", "make_estimator"]
@@ -86,10 +86,7 @@ def _config(config: BaselineConfig | Mapping | None) -> BaselineConfig:
     try:
         return BaselineConfig(**dict(config or {}))
     except pydantic.ValidationError as err:
-        first = err.errors()[0]
-        field_name = ".".join(str(p) for p in first["loc"]) or None
-        msg, found = first["msg"], repr(first.get("input"))
-        raise InputError("baseline config", field_name, msg, found) from None
+        raise from_validation(err, "baseline config") from None
 
 
 def _box(cfg: BaselineConfig, model) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -47,7 +48,7 @@ from pydantic import (
     model_validator,
 )
 
-from cryosip.errors import InputError
+from cryosip.errors import InputError, from_validation
 from cryosip.problems.truth import Component
 from cryosip.structures.factory import BuiltinModelSpec, FileModelSpec, parse_model_spec
 
@@ -116,24 +117,23 @@ class SimulateConfig(BaseModel):
         return self
 
 
-def _first_error(err: ValidationError) -> tuple[str, str, str]:
-    """``(key, expected, found)`` of the first pydantic error, for a one-line message."""
+_TAGS = ("gaussian", "uniform", "beta")
+
+
+def _input_error(err: ValidationError, source: str) -> InputError:
+    """The first pydantic error as an InputError: our :class:`_Problem` checks and a wrong
+    component ``kind`` here, the rest by :func:`cryosip.errors.from_validation` with the
+    component tags (``truth.0.uniform.low``) dropped from the key."""
     first = err.errors()[0]
     problem = first.get("ctx", {}).get("error")
     if isinstance(problem, _Problem):
-        return problem.key, problem.expected, problem.found
-    loc = [str(p) for p in first["loc"] if str(p) not in ("gaussian", "uniform", "beta")]
-    key = ".".join(loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return key, "a known key", f"unknown key {loc[-1]!r}"
-    if first["type"] == "missing":
-        return key, "this required key", "no such key"
+        return InputError(source, problem.key, problem.expected, problem.found)
+    loc = tuple(p for p in first["loc"] if str(p) not in _TAGS)
     if first["type"] == "union_tag_invalid":
-        return f"{key}.kind", "kind gaussian | uniform | beta", repr(first["ctx"]["tag"])
-    msg = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-    found = repr(first.get("input"))
-    found = found if len(found) <= 60 else found[:57] + "..."
-    return key, msg, found
+        key = ".".join(map(str, loc))
+        return InputError(source, f"{key}.kind", "kind " + " | ".join(_TAGS),
+                          repr(first["ctx"]["tag"]))
+    return from_validation(SimpleNamespace(errors=lambda: [{**first, "loc": loc}]), source)
 
 
 def parse_simulate_config(data: Any, source: str = "config") -> SimulateConfig:
@@ -143,8 +143,7 @@ def parse_simulate_config(data: Any, source: str = "config") -> SimulateConfig:
     try:
         return SimulateConfig.model_validate(data)
     except ValidationError as err:
-        key, expected, found = _first_error(err)
-        raise InputError(source, key, expected, found) from None
+        raise _input_error(err, source) from None
 
 
 def load_simulate_config(path: str | os.PathLike) -> SimulateConfig:

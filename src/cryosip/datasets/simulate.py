@@ -36,7 +36,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from cryosip.datasets.config import SimulateConfig
-from cryosip.errors import InputError
+from cryosip.errors import InputError, check_output_folder
 from cryosip.forward import CryoEMOperator, ImageConfig, ImageNuisance, NuisancePrior, Optics
 from cryosip.io.mrc import create_stack
 from cryosip.io.star import write_star
@@ -126,14 +126,6 @@ def _add_noise(config, keys, stack, noise_std, progress) -> None:
         stack.data[idx] = stack.data[idx] + np.float32(noise_std) * eps[: len(idx)]
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(str(out_dir), None, "a folder", "a file")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise InputError(str(out_dir), None, "an empty or new folder (or --force)",
-                         f"{len(list(out_dir.iterdir()))} entries")
-
-
 def simulate_dataset(
     config: SimulateConfig, out_dir: str | os.PathLike, *, force: bool = False,
     progress: bool = True, base_dir: str | os.PathLike = ".", argv: list[str] | None = None,
@@ -142,8 +134,7 @@ def simulate_dataset(
     """Simulate and write a data set (module docstring); ``base_dir`` resolves model files,
     ``source`` names the config in errors."""
     started, t0 = utc_now(), time.perf_counter()
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir, force)
+    out_dir = check_output_folder(out_dir, force=force)
     op = build_operator(config, base_dir)
     try:
         truth = TruthMixture(config.truth, np.asarray(op.model.lower),
