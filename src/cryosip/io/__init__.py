@@ -1,5 +1,5 @@
 """Particle files in and out: ``.mrcs`` stacks, RELION STAR 3.0/3.1, cryoSPARC ``.cs``,
-cryoDRGN pickles.
+cryoDRGN pickles; structure files in (trajectories, multi-model PDB/mmCIF).
 
 Only this package calls the convention converters of :mod:`cryosip.conventions`; every
 reader checks its input once and raises :class:`cryosip.errors.InputError`.
@@ -22,6 +22,7 @@ from cryosip.io.particles import (
     resolve_stack_path,
 )
 from cryosip.io.star import ParticleTable, read_star, write_star
+from cryosip.io.structures import read_multimodel, read_trajectory
 
 __all__ = [
     "MrcStack",
@@ -36,9 +37,11 @@ __all__ = [
     "read_cryodrgn_poses",
     "read_cs",
     "read_header",
+    "read_multimodel",
     "read_particles",
     "read_star",
     "read_table",
+    "read_trajectory",
     "resolve_stack_path",
     "write_cryodrgn_ctf",
     "write_cryodrgn_poses",

@@ -40,7 +40,7 @@ from jaxtyping import Array, Float, Int
 
 from cryosip.structures.base import AbstractConformationModel, Atoms
 from cryosip.structures.interp import FramePath, Interpolation, superpose_frames
-from cryosip.structures.path import PathModel, read_trajectory
+from cryosip.structures.path import PathModel
 from cryosip.structures.topology import Topology, coarse_grain_residues
 
 __all__ = ["ADK_DOMAINS", "AdkDomains", "AdkPath", "load_adk_frames"]
@@ -56,6 +56,8 @@ ADK_DOMAINS: dict[str, tuple[tuple[int, int], ...]] = {
 @functools.lru_cache(maxsize=2)
 def _load(hydrogens: bool):
     from MDAnalysisTests.datafiles import DCD, PSF
+
+    from cryosip.io.structures import read_trajectory  # io sits above structures
 
     return read_trajectory(PSF, DCD, "all", hydrogens)
 

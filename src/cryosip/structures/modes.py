@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from cryosip.structures.base import AbstractConformationModel, Atoms
-from cryosip.structures.path import prepare_frames, read_multimodel, read_trajectory
+from cryosip.structures.path import prepare_frames
 from cryosip.structures.topology import Topology
 
 __all__ = ["LinearModeModel"]
@@ -76,6 +76,8 @@ class LinearModeModel(AbstractConformationModel):
         n_modes: int = 2, align: bool = False,
     ) -> LinearModeModel:
         """PCA of an MDAnalysis topology + trajectory."""
+        from cryosip.io.structures import read_trajectory  # io sits above structures
+
         frames, amps, widths, topo = read_trajectory(topology, trajectory, select, hydrogens)
         return cls.from_frames(frames, amps, widths, topo, n_modes=n_modes, align=align)
 
@@ -84,5 +86,7 @@ class LinearModeModel(AbstractConformationModel):
         cls, path: str, *, hydrogens: bool = True, n_modes: int = 2, align: bool = False,
     ) -> LinearModeModel:
         """PCA of the models of a multi-model PDB/mmCIF."""
+        from cryosip.io.structures import read_multimodel  # io sits above structures
+
         frames, amps, widths, topo = read_multimodel(path, hydrogens)
         return cls.from_frames(frames, amps, widths, topo, n_modes=n_modes, align=align)

@@ -3,7 +3,8 @@ r"""User conformation models along a path of frames: ``x`` in ``[0, 1]`` = progr
 :class:`PathModel` interpolates frames (see :class:`~cryosip.structures.interp.FramePath`):
 frame ``f`` of ``F`` is at ``x = f/(F-1)``. Build it from any MDAnalysis topology +
 trajectory (:meth:`PathModel.from_files`) or a multi-model PDB/mmCIF
-(:meth:`PathModel.from_structure_file`, read with gemmi).
+(:meth:`PathModel.from_structure_file`, read with gemmi); the readers are in
+:mod:`cryosip.io.structures` (imported when a file is read: ``io`` sits above ``structures``).
 
 **Frame.** By default the coordinates are kept as given: a user's model sits in the frame
 of their consensus map, which is the frame of the poses in the STAR file, and moving it
@@ -21,23 +22,14 @@ changes conformation only and the frame is cryosip's own (the built-in models do
 
 from __future__ import annotations
 
-import warnings
-
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from cryosip.errors import InputError
 from cryosip.structures.base import AbstractConformationModel, Atoms
 from cryosip.structures.interp import FramePath, Interpolation, superpose_frames
-from cryosip.structures.topology import (
-    Topology,
-    atomic_numbers_from_masses,
-    atomic_numbers_from_symbols,
-    coarse_grain_residues,
-    widths_or_default,
-)
+from cryosip.structures.topology import Topology, coarse_grain_residues
 
 __all__ = ["PathModel", "prepare_frames"]
 
@@ -119,6 +111,8 @@ class PathModel(AbstractConformationModel):
         interpolation: Interpolation = "cubic", coarse: str | None = None, align: bool = False,
     ) -> PathModel:
         """From an MDAnalysis topology (PSF, PDB, GRO...) and trajectory (DCD, XTC...)."""
+        from cryosip.io.structures import read_trajectory  # io sits above structures
+
         frames, amps, widths, topo = read_trajectory(topology, trajectory, select, hydrogens)
         return cls.from_frames(frames, amps, widths, topo, interpolation=interpolation,
                                coarse=coarse, align=align)
@@ -129,74 +123,8 @@ class PathModel(AbstractConformationModel):
         coarse: str | None = None, align: bool = False,
     ) -> PathModel:
         """From a multi-model PDB or mmCIF (every model has the same atoms in order)."""
+        from cryosip.io.structures import read_multimodel  # io sits above structures
+
         frames, amps, widths, topo = read_multimodel(path, hydrogens)
         return cls.from_frames(frames, amps, widths, topo, interpolation=interpolation,
                                coarse=coarse, align=align)
-
-
-def _universe_topology(atoms) -> tuple[Topology, np.ndarray]:
-    """Topology and atomic numbers of an MDAnalysis AtomGroup."""
-    try:
-        elements = np.asarray(atoms.elements, dtype=str)
-        z = atomic_numbers_from_symbols(elements)
-        if np.any(z == 0):
-            raise ValueError("unknown element")
-    except (AttributeError, ValueError):
-        z = atomic_numbers_from_masses(atoms.masses)
-        elements = np.array([_SYMBOLS.get(int(k), "X") for k in z])
-    segids = np.asarray(getattr(atoms, "segids", np.full(len(atoms), "")), dtype=str)
-    letters = {s: chr(ord("A") + k % 26) for k, s in enumerate(dict.fromkeys(segids.tolist()))}
-    chains = np.array([letters[s] for s in segids.tolist()])
-    topo = Topology(np.asarray(atoms.names, dtype=str), np.asarray(atoms.resnames, dtype=str),
-                    np.asarray(atoms.resids), elements, chains)
-    return topo, z
-
-
-_SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 11: "NA", 12: "MG", 15: "P", 16: "S", 17: "CL",
-            19: "K", 20: "CA", 25: "MN", 26: "FE", 29: "CU", 30: "ZN", 34: "SE"}
-
-
-def read_trajectory(topology: str, trajectory: str, select: str = "all", hydrogens: bool = True):
-    """``(frames, amplitudes, widths_angstrom, Topology)`` of an MDAnalysis trajectory."""
-    import MDAnalysis as mda
-
-    with warnings.catch_warnings():  # MDAnalysis 2.x DCDReader deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        universe = mda.Universe(topology, trajectory)
-        atoms = universe.select_atoms(select)
-        keep = np.ones(len(atoms), bool)
-        frames = np.stack([atoms.positions.astype(np.float64) for _ in universe.trajectory])
-    topo, z = _universe_topology(atoms)
-    if not hydrogens:
-        keep = z > 1
-        frames = frames[:, keep]
-    bfac = getattr(atoms, "tempfactors", None)
-    widths = widths_or_default(None if bfac is None else np.asarray(bfac)[keep], int(keep.sum()))
-    return frames, z[keep].astype(float), widths, topo.take(np.flatnonzero(keep))
-
-
-def read_multimodel(path: str, hydrogens: bool = True):
-    """``(frames, amplitudes, widths_angstrom, Topology)`` of a multi-model PDB/mmCIF."""
-    import gemmi
-
-    try:
-        structure = gemmi.read_structure(str(path))
-    except (RuntimeError, ValueError, OSError) as err:
-        raise InputError(str(path), None, "a PDB or mmCIF file gemmi reads",
-                         str(err).splitlines()[0] if str(err) else repr(err)) from None
-    if not hydrogens:
-        structure.remove_hydrogens()
-    records = [[(ch.name, r.name, r.seqid.num, a) for ch in m for r in ch for a in r]
-               for m in structure]
-    if len(records) < 2 or len({len(m) for m in records}) != 1:
-        raise InputError(str(path), "models", "at least 2 models (frames) with equal atom "
-                         "counts", f"atom counts {[len(m) for m in records]}")
-    first = records[0]
-    topo = Topology(np.array([a.name for *_, a in first]), np.array([r for _, r, _, _ in first]),
-                    np.array([n for _, _, n, _ in first]),
-                    np.array([a.element.name.upper() for *_, a in first]),
-                    np.array([c for c, *_ in first]))
-    frames = np.array([[a.pos.tolist() for *_, a in m] for m in records])
-    amps = np.array([a.element.atomic_number * a.occ for *_, a in first], dtype=float)
-    widths = widths_or_default(np.array([a.b_iso for *_, a in first]), len(first))
-    return frames, amps, widths, topo
