@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryosip.measures.features import RadialPowerSpectrum
+from cryosip.forward.features import RadialPowerSpectrum
 
 
 def test_radial_power_spectrum_is_invariant_to_quarter_turns_and_cyclic_shifts():

@@ -30,20 +30,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
 from cryosip import conventions
+from cryosip.forward.base import AbstractCTF
 from cryosip.forward.config import ImageConfig
 from cryosip.forward.pose import ImageNuisance
 
 __all__ = ["Optics", "apply_ctf", "ctf_rfft", "sin_fast"]
 
 
-class Optics(eqx.Module):
+class Optics(AbstractCTF):
     """Microscope optics shared by all images of an optics group.
 
     Scalar fields: one group for every image. Built by :meth:`stack`: each field an array
@@ -77,6 +77,10 @@ class Optics(eqx.Module):
         if self.n_groups is None:
             return self
         return jax.tree.map(lambda a: a[group], self)
+
+    def transfer(self, nuisance: ImageNuisance, config: ImageConfig) -> Float[Array, "box half"]:
+        """:func:`ctf_rfft` (the :class:`~cryosip.forward.base.AbstractCTF` interface)."""
+        return ctf_rfft(self, nuisance, config)
 
 
 def ctf_rfft(

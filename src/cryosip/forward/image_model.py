@@ -24,34 +24,37 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from cryosip.forward.base import AbstractCTF, AbstractPose, AbstractProjector
 from cryosip.forward.config import ImageConfig
-from cryosip.forward.ctf import Optics, apply_ctf, ctf_rfft
+from cryosip.forward.ctf import Optics, apply_ctf
 from cryosip.forward.pose import ImageNuisance
 from cryosip.forward.projector import GaussianProjector
-from cryosip.rotations import euler_to_matrix
 from cryosip.structures.base import Atoms
 
 __all__ = ["ImageModel", "render_images", "rotate_and_shift"]
 
 
 def rotate_and_shift(
-    positions_angstrom: Float[Array, "n_atoms 3"], nuisance: ImageNuisance
+    positions_angstrom: Float[Array, "n_atoms 3"], nuisance: AbstractPose
 ) -> Float[Array, "n_atoms 2"]:
     """In-plane image coordinates ``(A r)_{xy} - o`` (Å from the image centre)."""
-    a = euler_to_matrix(nuisance.euler_deg)
-    return positions_angstrom @ a[:2].T - nuisance.shift_angstrom
+    return nuisance.image_coordinates(positions_angstrom)
 
 
 class ImageModel(eqx.Module):
     """Composes the physical parts: projector, optics (CTF) and image geometry.
+
+    ``projector`` is any :class:`~cryosip.forward.base.AbstractProjector`, ``optics`` any
+    :class:`~cryosip.forward.base.AbstractCTF` and the nuisances any
+    :class:`~cryosip.forward.base.AbstractPose` that the CTF reads its parameters from.
 
     ``apply_ctf=False`` gives the bare (shifted, rotated) projection. ``cache_bytes`` sizes
     the chunks in which batches are projected (:meth:`render_indexed`).
     """
 
     config: ImageConfig
-    optics: Optics = Optics()
-    projector: GaussianProjector = GaussianProjector()
+    optics: AbstractCTF = Optics()
+    projector: AbstractProjector = GaussianProjector()
     apply_ctf: bool = eqx.field(default=True, static=True)
     cache_bytes: int = eqx.field(default=2**23, static=True)
 
@@ -62,7 +65,7 @@ class ImageModel(eqx.Module):
         if not self.apply_ctf:
             return self.projector.project(*args)
         crop, first = self.projector.project_window(*args)
-        return apply_ctf(crop, ctf_rfft(self.optics, nuisance, self.config), first)
+        return apply_ctf(crop, self.optics.transfer(nuisance, self.config), first)
 
     def render_batch(self, atoms: Atoms, nuisance: ImageNuisance) -> Float[Array, "n box box"]:
         """Clean images for a batch of nuisances (leading axis ``n``), one structure."""
@@ -99,7 +102,7 @@ class ImageModel(eqx.Module):
 
         def transfer(args):
             crop, first, j = args
-            return apply_ctf(crop, ctf_rfft(self.optics, nuisance.take(j), self.config), first)
+            return apply_ctf(crop, self.optics.transfer(nuisance.take(j), self.config), first)
 
         n_atoms = atoms.positions_angstrom.shape[-2]
         pairs = (atom_index, nuisance_index)
@@ -115,7 +118,7 @@ class ImageModel(eqx.Module):
         for AdK all-atom and beads at box 64 and 128, batches 16 and 128, forward and
         gradient (see ``docs/performance.md``).
         """
-        w = min(self.projector.window_pixels or self.config.box_size, self.config.box_size)
+        w = self.projector.window_size(self.config)
         return max(1, self.cache_bytes // (2 * 4 * (w + 1) * n_atoms))
 
     def fft_chunk_size(self) -> int:

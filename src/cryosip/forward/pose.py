@@ -39,12 +39,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from cryosip.rotations import sample_uniform_euler
+from cryosip.forward.base import AbstractPose
+from cryosip.rotations import euler_to_matrix, sample_uniform_euler
 
 __all__ = ["ImageNuisance", "NuisancePrior"]
 
 
-class ImageNuisance(eqx.Module):
+class ImageNuisance(AbstractPose):
     """Pose, in-plane shift and CTF parameters of one image (or a batch, leading axes).
 
     ``optics_group`` (int, same batch shape) indexes a stacked ``Optics``; when omitted
@@ -87,6 +88,14 @@ class ImageNuisance(eqx.Module):
 
     def __len__(self) -> int:
         return int(self.euler_deg.shape[0])
+
+    def rotation_matrix(self) -> Float[Array, "*batch 3 3"]:
+        """``A`` of the RELION Euler angles (:func:`cryosip.rotations.euler_to_matrix`)."""
+        return euler_to_matrix(self.euler_deg)
+
+    def in_plane_shift_angstrom(self) -> Float[Array, "*batch 2"]:
+        """``shift_angstrom`` (RELION 3.1 ``rlnOriginX/YAngst``)."""
+        return self.shift_angstrom
 
     def take(self, index) -> ImageNuisance:
         """The nuisances at ``index`` along the leading axis."""

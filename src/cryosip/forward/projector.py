@@ -44,6 +44,7 @@ import numpy as np
 from jax.scipy.special import erf
 from jaxtyping import Array, Float, Int
 
+from cryosip.forward.base import AbstractProjector, register_projector
 from cryosip.forward.config import ImageConfig
 from cryosip.structures.base import Atoms
 
@@ -164,7 +165,8 @@ def window_pixels_for(atoms: Atoms, config: ImageConfig, *, margin_sigmas: float
     return int(min(w, config.box_size))
 
 
-class GaussianProjector(eqx.Module):
+@register_projector("gaussian")
+class GaussianProjector(AbstractProjector):
     """Projects Gaussian atoms along ``z`` onto the pixel grid (one matmul per image).
 
     ``window_pixels=None`` evaluates the whole box (always exact).
@@ -186,6 +188,10 @@ class GaussianProjector(eqx.Module):
     def __check_init__(self):
         if self.footprint_pixels is not None and self.sampling != "average":
             raise ValueError("footprint_pixels needs sampling='average'")
+
+    def window_size(self, config: ImageConfig) -> int:
+        """The side of :meth:`project_window`'s output: ``window_pixels`` or the box."""
+        return min(self.window_pixels or config.box_size, config.box_size)
 
     def project(
         self,

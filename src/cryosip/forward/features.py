@@ -1,4 +1,5 @@
-r"""Feature maps of images for MMD kernels ``k(phi(y), phi(y'))``.
+r"""Feature maps of images for MMD kernels ``k(phi(y), phi(y'))`` (they act on images, so
+they live beside the forward model; the MMD itself never sees them but as a function).
 
 :class:`RadialPowerSpectrum`: ``phi(y)_b = log mean_{|k| in ring b} |FFT(y)(k)|^2``, the
 rotationally averaged power spectrum on ``n_bins`` rings up to Nyquist, in log scale. It
@@ -21,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from cryosip import conventions
+
 __all__ = ["RadialPowerSpectrum"]
 
 
@@ -35,16 +38,10 @@ class RadialPowerSpectrum(eqx.Module):
         """``[box, box//2+1, n_bins]`` ring membership on the rfft grid, each column weighted
         by how many frequencies ``k, -k`` of the full plane it stands for (so the ring sums
         equal full-plane sums and quarter turns of the image leave them unchanged)."""
-        k = np.fft.fftfreq(self.box_size)
-        kx = np.fft.rfftfreq(self.box_size)
-        kr = np.hypot(k[:, None], kx[None, :])
-        ring = np.minimum((kr / 0.5 * self.n_bins).astype(int), self.n_bins)
+        ky, kx = conventions.rfft_frequencies(self.box_size)  # cycles per pixel
+        ring = np.minimum((np.hypot(ky, kx) / 0.5 * self.n_bins).astype(int), self.n_bins)
         onehot = np.eye(self.n_bins + 1)[ring][..., : self.n_bins]  # beyond Nyquist dropped
-        weight = np.full(len(kx), 2.0)
-        weight[0] = 1.0
-        if self.box_size % 2 == 0:
-            weight[-1] = 1.0
-        return onehot * weight[None, :, None]
+        return onehot * conventions.rfft_column_weights(self.box_size)[None, :, None]
 
     def __call__(self, image: Float[Array, "box box"]) -> Float[Array, " n_bins"]:
         power = jnp.abs(jnp.fft.rfft2(image)) ** 2
