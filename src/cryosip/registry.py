@@ -35,23 +35,31 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Names to objects of one kind (``kind`` names it in errors: "conformation model")."""
+    """Names to objects of one kind (``kind`` names it in errors: "conformation model").
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    With ``base``, only subclasses of ``base`` may be registered.
+    """
+
+    def __init__(self, kind: str, base: type | None = None):
+        self.kind, self.base = kind, base
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
         """A decorator that registers its argument under ``name`` and returns it unchanged.
 
-        Registering a taken name raises ``ValueError`` unless ``replace=True`` (re-running
-        a notebook cell that defines the same class is the usual reason).
+        Registering a taken name raises ``ValueError`` unless ``replace=True`` or the new
+        object is the same definition run again (same module and qualified name: a
+        reloaded module, a notebook cell re-run), which replaces the old one.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
 
         def add(obj: T) -> T:
-            if name in self._entries and not replace and self._entries[name] is not obj:
+            if self.base is not None and not (isinstance(obj, type)
+                                              and issubclass(obj, self.base)):
+                raise TypeError(f"a {self.kind} registers a subclass of "
+                                f"{self.base.__name__}, got {obj!r}")
+            if name in self._entries and not replace and not _same(self._entries[name], obj):
                 raise ValueError(f"{self.kind} {name!r} is already registered "
                                  f"({self._entries[name]!r}); pass replace=True to replace it")
             self._entries[name] = obj
@@ -85,3 +93,9 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+def _same(a: object, b: object) -> bool:
+    """The same object, or the same definition run again (a module reloaded)."""
+    key = lambda o: (getattr(o, "__module__", None), getattr(o, "__qualname__", None))
+    return a is b or (key(a) == key(b) and key(a) != (None, None))

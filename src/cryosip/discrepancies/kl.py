@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-__all__ = ["gaussian_kl", "negative_log_likelihood", "responsibilities"]
+from cryosip.discrepancies.base import AbstractLikelihoodDiscrepancy, register_discrepancy
+
+__all__ = ["ForwardKL", "gaussian_kl", "negative_log_likelihood", "responsibilities"]
 
 
 def negative_log_likelihood(
@@ -33,6 +35,14 @@ def negative_log_likelihood(
 ) -> Float[Array, ""]:
     """``-mean_n logsumexp_i(loglik_ni + log w_i)``."""
     return -jnp.mean(jax.nn.logsumexp(loglik + log_weights[None, :], axis=1))
+
+
+@register_discrepancy("kl")
+class ForwardKL(AbstractLikelihoodDiscrepancy):
+    """:func:`negative_log_likelihood` as a member of the discrepancy family (``"kl"``)."""
+
+    def __call__(self, log_likelihoods, log_weights):
+        return negative_log_likelihood(log_likelihoods, log_weights)
 
 
 def responsibilities(

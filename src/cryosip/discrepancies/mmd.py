@@ -33,19 +33,24 @@ backward pass), so memory is ``O(block_size^2)`` for any sample count.
 >>> w = jnp.full(50, 1 / 50)
 >>> float(mmd2(x, w, x, w, GaussianKernel(1.0)))
 0.0
+>>> float(MMD(GaussianKernel(1.0))(x, w, x + 1.0, w)) > 0.0
+True
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from cryosip.discrepancies.base import AbstractSampleDiscrepancy, register_discrepancy
 from cryosip.discrepancies.kernels import AbstractKernel
 
 __all__ = [
+    "MMD",
     "conditional_mmd2",
     "gaussian_mmd2_closed_form",
     "kernel_sum",
@@ -224,3 +229,17 @@ def gaussian_mmd2_closed_form(
     return pp + qq - 2.0 * cross(mean_p, cov_p, mean_q, cov_q)
 
 
+@register_discrepancy("mmd")
+class MMD(AbstractSampleDiscrepancy):
+    """:func:`mmd2` as a member of the discrepancy family (registered as ``"mmd"``)."""
+
+    kernel: AbstractKernel
+    estimator: str = eqx.field(static=True, default="v")
+    feature_map: FeatureMap | None = eqx.field(static=True, default=None)
+    block_size: int = eqx.field(static=True, default=1024)
+
+    def __check_init__(self):
+        _check_estimator(self.estimator)
+
+    def __call__(self, x, wx, y, wy):
+        return mmd2(x, wx, y, wy, self.kernel, self.estimator, self.feature_map, self.block_size)
