@@ -75,21 +75,11 @@ class ModelOptions(BaseModel):
         raise NotImplementedError(f"{type(self).__name__} must define build()")
 
 
-MODELS: Registry[type[ModelOptions]] = Registry("conformation model")
+MODELS: Registry[type[ModelOptions]] = Registry("conformation model", ModelOptions)
 """Registered conformation models: name -> :class:`ModelOptions` subclass."""
 
-
-def register_model(name: str, *, replace: bool = False):
-    """Class decorator registering a :class:`ModelOptions` subclass as model ``name``."""
-    add = MODELS.register(name, replace=replace)
-
-    def check_and_add(cls: type[ModelOptions]) -> type[ModelOptions]:
-        if not (isinstance(cls, type) and issubclass(cls, ModelOptions)):
-            raise TypeError(f"register_model({name!r}) decorates a ModelOptions subclass, "
-                            f"got {cls!r}")
-        return add(cls)
-
-    return check_and_add
+register_model = MODELS.register
+"""Class decorator: ``@register_model("name")`` on a :class:`ModelOptions` subclass."""
 
 
 @register_model("hinge")
