@@ -9,8 +9,10 @@ A ``.cs`` file is a numpy ``.npy`` file holding a structured array, one row per 
   size is given), ``blob/shape`` (``(ny, nx)``; optional, square);
 * ``ctf/df1_A``, ``ctf/df2_A`` (defocus U, V in Å), ``ctf/df_angle_rad``,
   ``ctf/accel_kv``, ``ctf/cs_mm``, ``ctf/amp_contrast``, ``ctf/phase_shift_rad`` (0 when
-  absent), ``ctf/exp_group_id`` (optics groups; when absent, one group per distinct
-  voltage, Cs and amplitude contrast);
+  absent), ``ctf/bfactor`` (Å², 0 when absent; RELION's ``rlnCtfBfactor``, which pyem's
+  ``csparc2star`` copies unchanged), ``ctf/exp_group_id`` (optics groups; when absent, one
+  group per distinct voltage, Cs, amplitude contrast and B-factor; an exposure group whose
+  particles differ in these is split, ``exp_group<g>.<k>``);
 * when present, ``alignments3D/pose`` (rotation vector) and ``alignments3D/shift``
   (pixels of ``alignments3D/psize_A`` when present, else of the image), converted by
   :func:`cryosip.conventions.cryosparc_to_relion_pose`.
@@ -124,7 +126,8 @@ def _image_names(path: Path, data: np.ndarray) -> np.ndarray:
 
 def _groups(path: Path, data: np.ndarray, optics_cols: np.ndarray):
     """``(optics, index, names)``: groups from ``ctf/exp_group_id`` (split further where
-    voltage, Cs or amplitude contrast differ inside one), else from the distinct optics."""
+    voltage, Cs, amplitude contrast or B-factor differ inside one), else from the distinct
+    optics."""
     has_id = "ctf/exp_group_id" in data.dtype.names
     gid = (_numeric(path, data, "ctf/exp_group_id", integer=True) if has_id
            else np.zeros(len(data)))
@@ -135,7 +138,8 @@ def _groups(path: Path, data: np.ndarray, optics_cols: np.ndarray):
     rank[order] = np.arange(len(order))
     unique, index = unique[order], rank[index.ravel()]
     optics = tuple(Optics(voltage_kv=float(r[1]), cs_mm=float(r[2]),
-                          amplitude_contrast=float(r[3])) for r in unique)
+                          amplitude_contrast=float(r[3]), b_factor_angstrom2=float(r[4]))
+                   for r in unique)
     ids = unique[:, 0].astype(int)
     names = []
     for k, g in enumerate(ids):
@@ -217,7 +221,8 @@ def read_cs(
     names = _image_names(path, data)
     cols = {f: _numeric(path, data, f) for f in CTF_FIELDS}
     optics, index, group_names = _groups(path, data, np.column_stack(
-        [cols["ctf/accel_kv"], cols["ctf/cs_mm"], cols["ctf/amp_contrast"]]))
+        [cols["ctf/accel_kv"], cols["ctf/cs_mm"], cols["ctf/amp_contrast"],
+         _numeric(path, data, "ctf/bfactor", default=0.0)]))
     pixel = _pixel_size(path, data, pixel_size_angstrom, index, group_names)
     box = _box_size(path, data, index, group_names)
     euler, shift, known = _poses(path, data, pixel, require_poses)

@@ -8,9 +8,16 @@ uses are ignored; the groups that are used may differ in voltage, Cs and amplitu
 contrast but not in pixel size or box (an error naming the groups). Shifts are
 ``rlnOriginX/YAngst`` in Å or ``rlnOriginX/Y`` in pixels (times the particle's group pixel
 size); when both are present they must agree to 0.01 pixel.
+``rlnCtfBfactor`` (Å², 0 when absent; the envelope ``exp(-B k^2 / 4)``, RELION's sign) is
+per particle in RELION but per optics group in cryosip (``Optics.b_factor_angstrom2``): a
+group whose particles share one value takes it; a group whose particles carry several is
+split into one group per value, named ``<group>.1``, ``<group>.2``, ... in increasing B
+(as :func:`cryosip.io.cryosparc.read_cs` splits exposure groups), so every particle keeps
+its own B-factor.
 RELION 3.0 has one table: optics per particle, shifts ``rlnOriginX/Y`` in pixels and the
 pixel size per row from ``rlnImagePixelSize`` or ``rlnDetectorPixelSize`` (µm) * 1e4 /
-``rlnMagnification`` (rows must agree). A ``pixel_size_angstrom`` given to the reader
+``rlnMagnification`` (rows must agree); its groups are the distinct (voltage, Cs,
+amplitude contrast, B-factor) rows. A ``pixel_size_angstrom`` given to the reader
 overrides the file (logged); when no column carries one, ``pixel_size_fallback`` (the
 first stack's MRC voxel size, see :func:`cryosip.io.particles.read_particles`) is asked,
 and logged on the ``"cryosip"`` logger.
@@ -63,8 +70,9 @@ class ParticleTable:
 
     ``optics`` has one :class:`Optics` per optics group that particles use (in the file's
     order), ``optics_index[i]`` is particle ``i``'s 0-based index into it and
-    ``optics_group_names[k]`` the file's name of group ``k`` (``rlnOpticsGroup``) for
-    messages. ``image_names`` are ``"<1-based index>@<stack path as written>"``.
+    ``optics_group_names[k]`` the file's name of group ``k`` (``rlnOpticsGroup``;
+    ``<name>.<j>`` for the parts of a group split by B-factor) for messages.
+    ``image_names`` are ``"<1-based index>@<stack path as written>"``.
     """
 
     image_names: np.ndarray
@@ -210,6 +218,21 @@ def _optics_31(path: Path, optics: pd.DataFrame, particles: pd.DataFrame,
     return _Groups(table, index, names, pixel[index], box)
 
 
+def _split_by_bfactor(path: Path, particles: pd.DataFrame, groups: _Groups) -> _Groups:
+    """Each particle's ``rlnCtfBfactor`` in its group's :class:`Optics`; a group with several
+    values becomes one group per value, ``<name>.<k>`` in increasing B (module docstring)."""
+    b = _column(path, particles, "rlnCtfBfactor", 0.0)
+    unique, index = np.unique(np.column_stack([groups.index, b]), axis=0, return_inverse=True)
+    parent = unique[:, 0].astype(int)  # sorted by (group, B): groups keep their order
+    first, count = np.searchsorted(parent, parent), np.bincount(parent)[parent]
+    optics = tuple(dataclasses.replace(groups.optics[g], b_factor_angstrom2=float(v))
+                   for g, v in zip(parent, unique[:, 1], strict=True))
+    names = tuple(groups.names[g] if c == 1 else f"{groups.names[g]}.{k - f + 1}"
+                  for k, (g, f, c) in enumerate(zip(parent, first, count, strict=True)))
+    return dataclasses.replace(groups, optics=optics, index=index.ravel().astype(int),
+                               names=names)
+
+
 def _pixel_30(path: Path, particles: pd.DataFrame, given: float | None,
               fallback: PixelSizeFallback | None) -> float:
     cols = particles.columns
@@ -234,9 +257,11 @@ def _pixel_30(path: Path, particles: pd.DataFrame, given: float | None,
 
 def _optics_30(path: Path, particles: pd.DataFrame, given: float | None,
                fallback: PixelSizeFallback | None) -> _Groups:
-    cols = np.stack([_column(path, particles, c) for c in OPTICS_COLUMNS], axis=1)
+    cols = np.stack([_column(path, particles, c) for c in OPTICS_COLUMNS]
+                    + [_column(path, particles, "rlnCtfBfactor", 0.0)], axis=1)
     unique, index = np.unique(cols, axis=0, return_inverse=True)
-    table = tuple(Optics(*map(float, row)) for row in unique)
+    table = tuple(Optics(voltage_kv=float(v), cs_mm=float(c), amplitude_contrast=float(w),
+                         b_factor_angstrom2=float(b)) for v, c, w, b in unique)
     pixel = _pixel_30(path, particles, given, fallback)
     names = tuple(str(k + 1) for k in range(len(table)))
     return _Groups(table, index.ravel().astype(int), names, np.full(len(particles), pixel),
@@ -283,7 +308,8 @@ def read_star(
     if len(particles) == 0:
         raise InputError(str(path), "data_particles", "at least one particle", "no rows")
     if optics is not None:
-        groups = _optics_31(path, optics, particles, pixel_size_angstrom, pixel_size_fallback)
+        groups = _split_by_bfactor(path, particles, _optics_31(
+            path, optics, particles, pixel_size_angstrom, pixel_size_fallback))
     else:
         groups = _optics_30(path, particles, pixel_size_angstrom, pixel_size_fallback)
     shift = _shifts(path, particles, groups.pixel_rows)
