@@ -5,7 +5,6 @@ separately written renderer)."""
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from cryosip.forward import (
     Optics,
     ctf_rfft,
 )
-from cryosip.registry import Registry
+from cryosip.registry import PLUGINS_VARIABLE, Registry, load_plugins
 from cryosip.rotations import euler_to_matrix
 from cryosip.structures.factory import MODELS, load_model
 
@@ -37,13 +36,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "extending"
 
 
 def _example(name: str):
-    """Import examples/extending/<name>.py (registering what it defines) once."""
-    module_name = f"cryosip_example_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+    """examples/extending/<name>.py imported as a plugin (once), which registers it."""
+    (module_name,) = load_plugins({PLUGINS_VARIABLE: str(EXAMPLES / f"{name}.py")})
     return sys.modules[module_name]
 
 
@@ -235,3 +229,22 @@ def test_image_model_takes_any_pose_and_ctf():
     optics = Optics()
     np.testing.assert_array_equal(np.asarray(optics.transfer(relion, config)),
                                   np.asarray(ctf_rfft(optics, relion, config)))
+
+
+def test_plugins_reach_the_command_line(tmp_path, monkeypatch, cli_main, capsys):
+    config = tmp_path / "two.yaml"
+    config.write_text(
+        "model: {name: two-domain, max_bend_deg: 90.0}\n"
+        "truth: [{kind: uniform, low: [0.0, 0.0], high: [1.0, 1.0]}]\n"
+        "n_images: 6\nbox_size: 24\npixel_size_angstrom: 2.0\nsnr: 1.0\nbatch_size: 6\n")
+    monkeypatch.setenv(PLUGINS_VARIABLE, str(tmp_path / "missing.py"))
+    assert cli_main(["simulate", "--config", str(config), "--out", str(tmp_path / "a"),
+                     "--no-progress"]) == 2
+    assert "CRYOSIP_PLUGINS: expected a Python file" in capsys.readouterr().err
+    monkeypatch.setenv(PLUGINS_VARIABLE, str(EXAMPLES / "two_domain.py"))
+    assert cli_main(["simulate", "--config", str(config), "--out", str(tmp_path / "b"),
+                     "--no-progress"]) == 0
+    import starfile
+
+    table = starfile.read(tmp_path / "b" / "particles.star")
+    assert len(table["particles"]) == 6

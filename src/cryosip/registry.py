@@ -6,7 +6,9 @@ type: :data:`cryosip.structures.factory.MODELS` (conformation models, read by
 ``load_model``), :data:`cryosip.discrepancies.DISCREPANCIES` and
 :data:`cryosip.forward.PROJECTORS`. A new entry is one file that defines it and registers
 it, usually with the registry's :meth:`Registry.register` as a class decorator; importing
-that file is what registers it (see ``docs/extending.md``).
+that file is what registers it (see ``docs/extending.md``). The ``cryosip`` command
+imports such files itself with :func:`load_plugins`: the modules of the entry-point group
+``cryosip.plugins`` of installed packages and those named in ``CRYOSIP_PLUGINS``.
 
 This module is part of the generic core: it imports only :mod:`cryosip.errors`.
 
@@ -24,12 +26,18 @@ cryosip.errors.InputError: shape: field name: expected one of 'square', found 'c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from cryosip.errors import InputError
 
-__all__ = ["Registry"]
+__all__ = ["PLUGIN_GROUP", "PLUGINS_VARIABLE", "Registry", "load_plugins"]
 
 T = TypeVar("T")
 
@@ -99,3 +107,49 @@ def _same(a: object, b: object) -> bool:
     """The same object, or the same definition run again (a module reloaded)."""
     key = lambda o: (getattr(o, "__module__", None), getattr(o, "__qualname__", None))
     return a is b or (key(a) == key(b) and key(a) != (None, None))
+
+
+PLUGIN_GROUP = "cryosip.plugins"
+"""Entry-point group whose modules :func:`load_plugins` imports (``pyproject.toml``:
+``[project.entry-points."cryosip.plugins"] two_domain = "mypkg.two_domain"``)."""
+
+PLUGINS_VARIABLE = "CRYOSIP_PLUGINS"
+"""Environment variable: module names or ``.py`` files, separated by ``os.pathsep``."""
+
+
+def load_plugins(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Import every plugin module (entry points of :data:`PLUGIN_GROUP`, then the entries of
+    :data:`PLUGINS_VARIABLE` in ``environ``, default ``os.environ``), which registers what
+    they define; returns their module names. A file or module that does not import raises
+    :class:`~cryosip.errors.InputError`."""
+    env = os.environ if environ is None else environ
+    loaded = []
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        loaded.append(_import(entry.value, f"entry point {entry.name!r}"))
+    for item in filter(None, env.get(PLUGINS_VARIABLE, "").split(os.pathsep)):
+        loaded.append(_import(item.strip(), PLUGINS_VARIABLE))
+    return loaded
+
+
+def _import(target: str, source: str) -> str:
+    """Import a module name or a ``.py`` file once; its module name."""
+    if not target.endswith(".py"):
+        try:
+            return importlib.import_module(target).__name__
+        except ImportError as err:
+            raise InputError(source, None, "an importable module", f"{target!r}: {err}") from None
+    path = Path(target).resolve()
+    name = "cryosip_plugin_" + path.stem
+    if name in sys.modules:
+        return name
+    if not path.is_file():
+        raise InputError(source, None, "a Python file", f"{target!r}: no such file")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return name

@@ -18,6 +18,7 @@ from collections.abc import MutableMapping
 
 from cryosip import __version__
 from cryosip.errors import InputError
+from cryosip.registry import load_plugins
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 """The XLA flag whose empty value turns off XLA:CPU's experimental "YNN" fusions."""
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = ["cryosip", *(sys.argv[1:] if argv is None else argv)]
     try:
+        load_plugins()  # registers the models, discrepancies, projectors of plugins
         return int(args._run(args) or 0)
     except InputError as err:
         print(f"cryosip {args.command}: error: {err}", file=sys.stderr)
