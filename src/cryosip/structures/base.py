@@ -8,6 +8,10 @@ Units: positions and widths in Å. ``widths_angstrom`` is the standard deviation
 each atom's isotropic 3-D Gaussian density ``amp * (2 pi s^2)^(-3/2) exp(-|r-r_a|^2/(2 s^2))``,
 so ``amplitudes`` is the integrated density (the projection of an atom integrates to its
 amplitude). A crystallographic B-factor gives ``s^2 = B / (8 pi^2)``.
+
+A new model subclasses :class:`AbstractConformationModel` and is registered by name with
+an options class (:func:`cryosip.structures.factory.register_model`), in one file:
+``docs/extending.md`` works one through.
 """
 
 from __future__ import annotations
