@@ -13,7 +13,8 @@ r"""Toy stochastic inverse problems with known truth.
     between ``x`` and ``-x``) fits the data exactly, so the truth is not unique and only the
     push-forward (``ToyProblem.identifiable``) can be checked.
 
-Each returns a :class:`ToyProblem`.
+Each returns a :class:`ToyProblem`. Its true ``x`` come from the stream ``"truth"`` and its
+observations (nuisances and noise) from ``"toy"`` of the given seed (:mod:`cryosip.seeds`).
 
 >>> p = bimodal_affine(100, seed=0)
 >>> p.observations.values.shape, p.operator.noise_std, p.truth.dim
@@ -37,6 +38,7 @@ from cryosip.problems.operators import (
     RandomProjectionOperator,
 )
 from cryosip.problems.truth import TruthMixture
+from cryosip.seeds import jax_key, numpy_rng
 
 __all__ = ["ToyProblem", "bimodal_affine", "folded_1d", "make_toy", "projection_2d"]
 
@@ -59,7 +61,7 @@ class ToyProblem:
 
 
 def _observe(operator, true_x, seed, known_nuisance):
-    k_nuisance, k_noise = jax.random.split(jax.random.key(seed))
+    k_nuisance, k_noise = jax.random.split(jax_key(seed, "toy"))
     n = true_x.shape[0]
     nuisance = operator.sample_nuisance(k_nuisance, n)
     keys = jax.random.split(k_noise, n)
@@ -75,7 +77,7 @@ def bimodal_affine(n_obs: int, seed: int = 0, known_nuisance: bool = False) -> T
     """Toy (a): a bimodal 1-D law through a random affine map."""
     truth = TruthMixture.from_gaussians([0.35, 0.65], [[-2.0], [1.5]], [[0.4], [0.6]],
                                         [-5.0], [5.0])
-    true_x = truth.sample(np.random.default_rng(seed), n_obs)
+    true_x = truth.sample(numpy_rng(seed, "truth"), n_obs)
     operator = RandomAffineOperator()
     obs = _observe(operator, true_x, seed, known_nuisance)
     return ToyProblem("a", operator, obs, truth, _box(-5.0, 5.0, 1), true_x)
@@ -86,7 +88,7 @@ def projection_2d(n_obs: int, seed: int = 0) -> ToyProblem:
     truth = TruthMixture.from_gaussians(
         [0.4, 0.35, 0.25], [[-1.5, -1.0], [1.5, -0.5], [0.0, 1.8]],
         [[0.4, 0.6], [0.5, 0.3], [0.6, 0.4]], [-4.0, -4.0], [4.0, 4.0])
-    true_x = truth.sample(np.random.default_rng(seed), n_obs)
+    true_x = truth.sample(numpy_rng(seed, "truth"), n_obs)
     operator = RandomProjectionOperator()
     obs = _observe(operator, true_x, seed, known_nuisance=True)
     return ToyProblem("b", operator, obs, truth, _box(-4.0, 4.0, 2), true_x)
@@ -96,7 +98,7 @@ def folded_1d(n_obs: int, seed: int = 0) -> ToyProblem:
     """Toy (c): ``y = |x| + noise``, not identifiable (module docstring)."""
     truth = TruthMixture.from_gaussians([0.7, 0.3], [[-1.5], [1.0]], [[0.3], [0.3]],
                                         [-3.0], [3.0])
-    true_x = truth.sample(np.random.default_rng(seed), n_obs)
+    true_x = truth.sample(numpy_rng(seed, "truth"), n_obs)
     operator = AbsoluteValueOperator()
     obs = _observe(operator, true_x, seed, known_nuisance=False)
     return ToyProblem("c", operator, obs, truth, _box(-3.0, 3.0, 1), true_x, np.abs)
