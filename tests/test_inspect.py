@@ -88,19 +88,3 @@ def test_datadir_and_pixel_size_reach_the_reader(tmp_path, cli_main, capsys, com
     assert cli_main([*command, "--particles", str(star), "--out", str(tmp_path / "r2"),
                      "--pixel-size", "-1"]) == 2
     assert "--pixel-size" in capsys.readouterr().err
-
-
-
-def test_evaluate_datadir_reaches_the_reader(tmp_path, cli_main, capsys):
-    """``evaluate`` re-reads the run's particles: its --datadir is searched first."""
-    star, _ = project(tmp_path)
-    run = tmp_path / "run"
-    run.mkdir()
-    np.savez(run / "ensemble.npz", positions=np.full((2, 1), 0.5), weights=np.full(2, 0.5),
-             heldout_index=np.array([0]), flow_box=8, offset=0.0, contrast=1.0, noise_std=1.0)
-    config = {"particles": str(star), "model": "hinge", "poses": "known"}
-    (run / "provenance.json").write_text(json.dumps({"config": config}))
-    (tmp_path / "dd").mkdir()
-    assert cli_main(["evaluate", "--run", str(run), "--datadir", str(tmp_path / "dd")]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and str(tmp_path / "dd" / "gone.mrcs") in err

@@ -1,4 +1,8 @@
-"""``cryosip evaluate``: score a run folder; JSON on stdout and in RUN/evaluation.json."""
+"""``cryosip evaluate``: score a run folder; JSON on stdout and in RUN/evaluation.json.
+
+Reads only the run folder (``ensemble.npz``, ``run.json``, ``heldout.npz``): the particle
+files of the run may have moved or gone (:mod:`cryosip.pipeline.runfolder`).
+"""
 
 from __future__ import annotations
 
@@ -14,17 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder written by reconstruct or baseline")
     p.add_argument("--truth", default=None, help="truth.npz of a simulated data set")
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out image MMD")
-    p.add_argument("--datadir", default=None,
-                   help="folder searched first for the stacks of the run's particle file "
-                        "(default: the run's own --datadir)")
 
 
 def run(args: argparse.Namespace) -> int:
     from cryosip.pipeline.evaluate import evaluate_run
     from cryosip.provenance import atomic_write_text
 
-    result = evaluate_run(args.run, args.truth, heldout=not args.no_heldout,
-                          datadir=args.datadir)
+    result = evaluate_run(args.run, args.truth, heldout=not args.no_heldout)
     text = json.dumps(result, indent=2)
     atomic_write_text(Path(args.run) / "evaluation.json", text + "\n")
     print(text)

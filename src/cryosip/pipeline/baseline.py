@@ -3,7 +3,8 @@
 The data are prepared exactly as for :func:`cryosip.pipeline.reconstruct.reconstruct`
 (same split, crop and scale), the baseline is fitted through the same operator
 (:func:`cryosip.baselines.fit_baseline`), and the folder gets the same ``ensemble.npz``
-(history of length one), ``provenance.json``, figures and ``report.html``, so
+(history of length one), ``run.json`` and ``heldout.npz`` (:mod:`cryosip.pipeline.runfolder`),
+``provenance.json``, figures and ``report.html``, so
 ``cryosip evaluate`` scores baselines and flows the same way.
 """
 
@@ -21,6 +22,7 @@ from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import prepare_data
 from cryosip.pipeline.outputs import write_ensemble, write_figures, write_run_report
 from cryosip.pipeline.reconstruct import build_operator
+from cryosip.pipeline.runfolder import write_run_folder
 from cryosip.provenance import atomic_write_text, utc_now, write_provenance
 from cryosip.structures.factory import load_model
 
@@ -57,6 +59,8 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
         "noise_std_model": scale.noise_std_model, "flow_box": data.flow_box,
         "flow_pixel_size_angstrom": data.flow_pixel_size_angstrom,
     })
+    write_run_folder(out_dir, data_config, data, model, method=method,
+                     prior=None if known else operator.prior)
     summary = {"method": method, "wall_time_s": result.wall_time_s,
                **{k: v for k, v in result.info.items() if not isinstance(v, list)}}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

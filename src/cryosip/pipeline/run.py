@@ -1,9 +1,11 @@
 """``run_reconstruction``: reconstruct, then write every output of the run folder.
 
-The folder holds ``ensemble.npz``, ``provenance.json`` (version, git sha, argv, config,
-seed, times, the noise and scale used and whether they were estimated), ``summary.json``,
-figures, ``structures/``, ``maps/``, ``report.html`` and, while running,
-``checkpoint.npz`` (kept, so ``--resume`` after the end is a no-op).
+The folder holds ``ensemble.npz``, ``run.json`` and ``heldout.npz`` (what is needed to use
+and score the result without the particle files, :mod:`cryosip.pipeline.runfolder`),
+``provenance.json`` (version, git sha, argv, config, seed, times, the noise and scale used
+and whether they were estimated), ``summary.json``, figures, ``structures/``, ``maps/``,
+``report.html`` and, while running, ``checkpoint.npz`` (kept, so ``--resume`` after the
+end is a no-op).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cryosip.pipeline.outputs import (
     write_structures,
 )
 from cryosip.pipeline.reconstruct import ReconstructResult, reconstruct
+from cryosip.pipeline.runfolder import write_run_folder
 from cryosip.provenance import atomic_write_text, utc_now, write_provenance
 from cryosip.structures.factory import load_output_model
 from cryosip.structures.translated import TranslatedModel
@@ -86,12 +89,16 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     result = reconstruct(config, out_dir, resume=resume)
     positions, weights = result.flow.measure.to_numpy()
     history = _history(result)
+    method = f"flow-{config.discrepancy}{'-wfr' if config.wfr else ''}"
     write_ensemble(out_dir / "ensemble.npz", positions, weights, history, {
-        "method": f"flow-{config.discrepancy}{'-wfr' if config.wfr else ''}",
+        "method": method,
         "status": result.flow.status.value, "train_index": result.data.train_index,
         "heldout_index": result.data.heldout_index,
         **{k: v for k, v in _scale_record(result).items() if k != "estimated"},
     })
+    known = config.poses == "known"
+    write_run_folder(out_dir, config, result.data, result.model, method=method,
+                     prior=None if known else result.operator.prior)
     summary = summarise(result)
     stack = result.data.stack
     # every atom of the model, even when the flow ran on residue beads
