@@ -18,11 +18,12 @@ from cryosip.cli.main import YNN_FLAG, configure_process, main
 # JAX's own import sets TF_CPP_MIN_LOG_LEVEL and TPU_SKIP_MDS_QUERY, so the libraries are
 # imported before the snapshot: what is compared is what cryosip's modules add.
 _IMPORT_ALL = """
-import json, os, sys
+import importlib, json, os, pkgutil, sys
 import jax, jax.numpy, equinox, matplotlib, numpy
 before = dict(os.environ)
 import cryosip, cryosip.plotting, cryosip.pipeline, cryosip.cli.main
-import matplotlib
+for module in pkgutil.walk_packages(cryosip.__path__, "cryosip."):  # every module
+    importlib.import_module(module.name)
 print(json.dumps({
     "env_same": dict(os.environ) == before,
     "changed": sorted(k for k in set(before) | set(os.environ)
