@@ -1,9 +1,9 @@
 """Errors about the user's input: one line naming the file, the field, expected and found.
 
-Two boundary checks shared by every command live here too: :func:`from_validation` turns
+Three boundary checks shared by every command live here too: :func:`from_validation` turns
 the first problem of a pydantic ``ValidationError`` (a config file, a model spec, flags)
 into an :class:`InputError`, and :func:`check_output_folder` refuses to write into a
-non-empty folder unless told to.
+non-empty folder unless told to, and :func:`read_yaml` reads a config file's mapping.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["InputError", "check_output_folder", "from_validation"]
+import yaml
+
+__all__ = ["InputError", "check_output_folder", "from_validation", "read_yaml"]
 
 
 class InputError(ValueError):
@@ -94,3 +96,29 @@ def check_output_folder(path: str | os.PathLike, *, force: bool = False,
         raise InputError(str(path), None, "an empty or new folder",
                          f"{n} existing entries; pass --force to overwrite them")
     return path
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """The mapping in a YAML file (:class:`InputError` if missing, unreadable or not one).
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "c.yaml"
+    >>> _ = f.write_text("- a list")
+    >>> try:
+    ...     read_yaml(f)
+    ... except InputError as e:
+    ...     print(e.expected, "/", e.found)
+    a YAML mapping of keys / list
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), None, "an existing YAML file", "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(str(path), None, "valid YAML", str(err).replace("\n", " ")) from None
+    except UnicodeDecodeError:
+        raise InputError(str(path), None, "a YAML text file (UTF-8)", "binary data") from None
+    if not isinstance(raw, dict):
+        raise InputError(str(path), None, "a YAML mapping of keys", type(raw).__name__)
+    return raw

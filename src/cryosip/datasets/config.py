@@ -31,11 +31,9 @@ Keys (units in the names; defaults in brackets)::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from cryosip.errors import InputError, from_validation
+from cryosip.errors import InputError, from_validation, read_yaml
 from cryosip.problems.truth import Component
 from cryosip.structures.factory import BuiltinModelSpec, FileModelSpec, parse_model_spec
 
@@ -148,13 +146,4 @@ def parse_simulate_config(data: Any, source: str = "config") -> SimulateConfig:
 
 def load_simulate_config(path: str | os.PathLike) -> SimulateConfig:
     """Read and validate a YAML config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), None, "an existing YAML file", "no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(str(path), None, "valid YAML", str(err).replace("\n", " ")) from None
-    except UnicodeDecodeError:
-        raise InputError(str(path), None, "a YAML text file (UTF-8)", "binary data") from None
-    return parse_simulate_config(data, str(path))
+    return parse_simulate_config(read_yaml(path), str(path))

@@ -31,7 +31,7 @@ an i.i.d. sample (d > 1): the reference for W1/W2 metrics.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, TypeAdapter, model_validator
@@ -43,53 +43,53 @@ __all__ = ["BetaComponent", "Component", "GaussianComponent", "TruthMixture",
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-class GaussianComponent(BaseModel):
-    """``{kind: gaussian, weight, mean: [...], std: [...]}`` (per-dimension lists)."""
+class _Component(BaseModel):
+    """Shared part of a component: ``kind``, ``weight`` and two per-dimension lists
+    (``_pair``) of the same length."""
 
     model_config = _FROZEN
-    kind: Literal["gaussian"]
     weight: PositiveFloat = 1.0
-    mean: list[float]
-    std: list[PositiveFloat]
+    _pair: ClassVar[tuple[str, str]]
 
     @model_validator(mode="after")
     def _lengths(self):
-        if len(self.mean) != len(self.std):
-            raise ValueError("mean and std need the same length")
+        first, second = (getattr(self, name) for name in self._pair)
+        if len(first) != len(second):
+            raise ValueError(f"{self._pair[0]} and {self._pair[1]} need the same length")
         return self
 
 
-class UniformComponent(BaseModel):
+class GaussianComponent(_Component):
+    """``{kind: gaussian, weight, mean: [...], std: [...]}`` (per-dimension lists)."""
+
+    kind: Literal["gaussian"]
+    mean: list[float]
+    std: list[PositiveFloat]
+    _pair = ("mean", "std")
+
+
+class UniformComponent(_Component):
     """``{kind: uniform, weight, low: [...], high: [...]}``."""
 
-    model_config = _FROZEN
     kind: Literal["uniform"]
-    weight: PositiveFloat = 1.0
     low: list[float]
     high: list[float]
+    _pair = ("low", "high")
 
     @model_validator(mode="after")
     def _order(self):
-        if len(self.low) != len(self.high) or any(
-                h <= lo for lo, h in zip(self.low, self.high, strict=True)):
+        if any(h <= lo for lo, h in zip(self.low, self.high, strict=False)):
             raise ValueError("low and high need the same length and low < high")
         return self
 
 
-class BetaComponent(BaseModel):
+class BetaComponent(_Component):
     """``{kind: beta, weight, a: [...], b: [...]}`` on the box (mapped from [0, 1])."""
 
-    model_config = _FROZEN
     kind: Literal["beta"]
-    weight: PositiveFloat = 1.0
     a: list[PositiveFloat]
     b: list[PositiveFloat]
-
-    @model_validator(mode="after")
-    def _lengths(self):
-        if len(self.a) != len(self.b):
-            raise ValueError("a and b need the same length")
-        return self
+    _pair = ("a", "b")
 
 
 Component = Annotated[GaussianComponent | UniformComponent | BetaComponent,
