@@ -35,11 +35,13 @@ def hinge_data(tmp_path_factory) -> Path:
     return out
 
 
-def _config(data: Path, **kw) -> ReconstructConfig:
-    base = dict(particles=str(data / "particles.star"), model="hinge", n_particles=8, steps=20,
-                batch_size=32, flow_box=16, history_every=5, checkpoint_every=10,
-                progress=False, heldout_fraction=0.1)
-    return ReconstructConfig(**{**base, **kw})
+def _config(data: Path, steps: int = 20) -> ReconstructConfig:
+    return ReconstructConfig.model_validate({
+        "data": {"particles": str(data / "particles.star"), "flow_box": 16,
+                 "heldout_fraction": 0.1},
+        "model": "hinge", "solver": {"n_particles": 8},
+        "loop": {"steps": steps, "batch_size": 32, "history_every": 5, "checkpoint_every": 10,
+                 "progress": False}})
 
 
 def test_fourier_crop_keeps_constants_and_scales_white_noise():
@@ -129,7 +131,14 @@ def test_reconstruct_and_evaluate_cli_write_their_files(hinge_data, tmp_path, ca
     # the floor's law (mean floor, sd floor_std)
     assert abs(scores["w1_to_truth"] - w1) <= scores["floor"] + 4 * scores["floor_std"]
     assert json.loads((run / "evaluation.json").read_text())["w1"] == scores["w1"]
-    assert scores["heldout_mmd"] <= scores["heldout_mmd_uniform"] + 1e-6
+    # the run recovers the law to within the finite-sample floor of its 96 images
+    assert scores["w1_to_truth"] <= scores["floor"] + 4 * scores["floor_std"]
+    # on the 5 held-out images an MMD does not rank measures by itself (the true law's own
+    # score may exceed the uniform measure's), so compare with the true law's score: the
+    # run's is at least as close to it as the uniform measure's
+    assert scores["n_heldout_scored"] == 5
+    to_truth = abs(scores["heldout_mmd"] - scores["heldout_mmd_truth"])
+    assert to_truth <= abs(scores["heldout_mmd_uniform"] - scores["heldout_mmd_truth"]) + 1e-6
 
 
 def test_evaluate_names_a_missing_truth_key(hinge_data, tmp_path, capsys):

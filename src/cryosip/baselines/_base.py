@@ -8,15 +8,17 @@ from jaxtyping import Float
 
 from cryosip.baselines.likelihood import log_likelihood_matrix
 from cryosip.operators import AbstractRandomOperator, Observations
+from cryosip.seeds import numpy_rng
 
 __all__ = ["LikelihoodEstimator", "as_generator"]
 
 
 def as_generator(random_state: int | np.random.Generator | None) -> np.random.Generator:
-    """A numpy Generator from a seed, a Generator (used as is) or ``None`` (seed 0)."""
+    """A numpy Generator from a seed (stream ``"baseline"`` of :mod:`cryosip.seeds`), a
+    Generator (used as is) or ``None`` (seed 0)."""
     if isinstance(random_state, np.random.Generator):
         return random_state
-    return np.random.default_rng(0 if random_state is None else random_state)
+    return numpy_rng(0 if random_state is None else random_state, "baseline")
 
 
 class LikelihoodEstimator:

@@ -1,10 +1,10 @@
 r"""Synthetic particle data sets with their ground truth: :func:`simulate_dataset`.
 
-For ``n`` images: ``x_i ~ truth`` (numpy ``Generator`` seeded with ``seed``), nuisance
-``w_i ~ NuisancePrior`` and noise ``eps_i`` from the JAX key ``fold_in(key(seed), i)``
-(split in two), so every image depends on ``(seed, i)`` only: results do not depend on
-``batch_size``. Clean images ``G(x_i, w_i)`` come from ``CryoEMOperator.clean_paired`` in
-batches written to a memory-mapped stack; then
+For ``n`` images: ``x_i ~ truth`` (numpy stream ``"truth"`` of :mod:`cryosip.seeds`),
+nuisance ``w_i ~ NuisancePrior`` and noise ``eps_i`` from the JAX key
+``fold_in(jax_key(seed, "images"), i)`` (split in two), so every image depends on
+``(seed, i)`` only: results do not depend on ``batch_size``. Clean images ``G(x_i, w_i)``
+come from ``CryoEMOperator.clean_paired`` in batches written to a memory-mapped stack; then
 
 .. math:: \sigma = \sqrt{\tfrac1n \textstyle\sum_i \mathrm{Var}_{box}(G_i) / \mathrm{SNR}}
 
@@ -13,10 +13,11 @@ given, and ``y_i = G_i + sigma eps_i`` in a second pass. Output (written to a te
 folder beside ``out_dir`` and renamed at the end, so an interrupted run leaves nothing):
 
 * ``particles.mrcs`` (float32, voxel size set), ``particles.star`` (RELION 3.1);
-* ``truth.npz``: ``x`` (n, dim), ``euler_deg`` (n, 3), ``shift_angstrom`` (n, 2),
-  ``defocus_u_angstrom``, ``defocus_v_angstrom``, ``astigmatism_angle_deg`` (n,),
-  ``noise_std``, ``snr`` (achieved: mean clean variance / sigma^2), ``truth_spec`` (JSON),
-  ``reference_x`` (a large reference sample of the truth), ``lower``, ``upper``;
+* ``truth.npz``: ``x`` (n, dim), every leaf of the images' ``ImageNuisance``
+  (``euler_deg`` (n, 3), ``shift_angstrom`` (n, 2), ``defocus_u_angstrom``, ...,
+  ``optics_group`` (n,)), ``noise_std``, ``snr`` (achieved: mean clean variance /
+  sigma^2), ``truth_spec`` (JSON), ``reference_x`` (a large reference sample of the
+  truth), ``lower``, ``upper``;
 * ``config.yaml`` (the validated config) and ``provenance.json``.
 """
 
@@ -42,6 +43,7 @@ from cryosip.io.mrc import create_stack
 from cryosip.io.star import write_star
 from cryosip.problems.truth import TruthMixture
 from cryosip.provenance import utc_now, write_provenance
+from cryosip.seeds import jax_key, numpy_rng
 from cryosip.structures.factory import load_model
 
 __all__ = ["REFERENCE_SIZE", "SimulationResult", "build_operator", "simulate_dataset"]
@@ -72,10 +74,13 @@ def build_operator(config: SimulateConfig, base_dir: str | os.PathLike = ".") ->
     return CryoEMOperator(load_model(config.model, base_dir), image, optics, prior, 0.0)
 
 
-@jax.jit
 def _image_keys(seed: int, index: jax.Array) -> jax.Array:
-    """Per-image keys ``fold_in(key(seed), i)``, shape (n, 2) of split keys."""
-    base = jax.random.key(seed)
+    """Per-image keys ``fold_in(jax_key(seed, "images"), i)``, shape (n, 2) of split keys."""
+    return _split_keys(jax_key(seed, "images"), index)
+
+
+@jax.jit
+def _split_keys(base: jax.Array, index: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(index)
 
 
@@ -143,7 +148,7 @@ def simulate_dataset(
         raise InputError(source, "truth", f"components on the model's box "
                          f"{np.asarray(op.model.lower).tolist()}..."
                          f"{np.asarray(op.model.upper).tolist()}", str(err)) from None
-    rng = np.random.default_rng(config.seed)
+    rng = numpy_rng(config.seed, "truth")
     x = truth.sample(rng, config.n_images).astype(np.float32)
     keys = _image_keys(config.seed, jnp.arange(config.n_images))
     nuisance = _nuisance(op.prior, keys[:, 0])
@@ -176,9 +181,7 @@ def simulate_dataset(
 
 
 def _write_truth(path: Path, x, nuisance: ImageNuisance, sigma, snr, truth, rng) -> None:
-    w = {f: np.asarray(getattr(nuisance, f)) for f in (
-        "euler_deg", "shift_angstrom", "defocus_u_angstrom", "defocus_v_angstrom",
-        "astigmatism_angle_deg", "phase_shift_deg")}
+    w = {f.name: np.asarray(getattr(nuisance, f.name)) for f in dataclasses.fields(nuisance)}
     np.savez(path, x=x, noise_std=np.float64(sigma), snr=np.float64(snr),
              truth_spec=np.array(truth.spec_json()), reference_x=truth.reference_sample(
                  rng, REFERENCE_SIZE), lower=truth.lower, upper=truth.upper, **w)
