@@ -124,15 +124,16 @@ def _check_estimator(estimator):
         raise ValueError(f"estimator must be 'v' or 'u', got {estimator!r}")
 
 
-def _mmd2_from_kernels(fx, wx, fy, wy, k_xx, k_xy, estimator, block_size, k_yy=None):
-    """``<x,x>_{k_xx} + <y,y>_{k_yy} - 2 <x,y>_{k_xy}`` on flattened features
-    (``k_yy`` defaults to ``k_xx``)."""
+def _mmd2_from_kernels(p, q, kernels, estimator, block_size):
+    """``<x,x>_{k_xx} + <y,y>_{k_yy} - 2 <x,y>_{k_xy}`` on flattened features, for
+    ``p = (fx, wx)``, ``q = (fy, wy)`` and ``kernels = (k_xx, k_xy, k_yy)``."""
+    (fx, wx), (fy, wy), (k_xx, k_xy, k_yy) = p, q, kernels
     xx = _within(fx, wx, k_xx, estimator, block_size)
-    yy = _within(fy, wy, k_xx if k_yy is None else k_yy, estimator, block_size)
+    yy = _within(fy, wy, k_yy, estimator, block_size)
     return xx + yy - 2.0 * kernel_sum(fx, wx, fy, wy, k_xy, block_size)
 
 
-def mmd2(
+def mmd2(  # noqa: PLR0913 (two weighted samples and a kernel; the rest are options)
     x: Float[Array, " n *feat"],
     wx: Float[Array, " n"],
     y: Float[Array, " m *feat"],
@@ -145,10 +146,10 @@ def mmd2(
     """MMD^2 between weighted samples (weights each summing to 1); see the module docstring."""
     _check_estimator(estimator)
     fx, fy = _features(x, feature_map), _features(y, feature_map)
-    return _mmd2_from_kernels(fx, wx, fy, wy, kernel, kernel, estimator, block_size)
+    return _mmd2_from_kernels((fx, wx), (fy, wy), (kernel,) * 3, estimator, block_size)
 
 
-def noise_marginalised_mmd2(
+def noise_marginalised_mmd2(  # noqa: PLR0913 (as mmd2, plus the noise variance)
     x_clean: Float[Array, " n *feat"],
     wx: Float[Array, " n"],
     y: Float[Array, " m *feat"],
@@ -169,7 +170,7 @@ def noise_marginalised_mmd2(
     dim = fx.shape[1]
     k_xx = kernel.noise_marginalised(2.0 * noise_var, dim)
     k_xy = kernel.noise_marginalised(noise_var, dim)
-    return _mmd2_from_kernels(fx, wx, fy, wy, k_xx, k_xy, estimator, block_size, kernel)
+    return _mmd2_from_kernels((fx, wx), (fy, wy), (k_xx, k_xy, kernel), estimator, block_size)
 
 
 def conditional_mmd2(
