@@ -248,3 +248,15 @@ def test_plugins_reach_the_command_line(tmp_path, monkeypatch, cli_main, capsys)
 
     table = starfile.read(tmp_path / "b" / "particles.star")
     assert len(table["particles"]) == 6
+
+
+def test_entry_point_plugins_are_imported(monkeypatch):
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    points = [SimpleNamespace(name="std", value="colorsys")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points)
+    assert load_plugins({}) == ["colorsys"]
+    points.append(SimpleNamespace(name="broken", value="cryosip_no_such_plugin"))
+    with pytest.raises(InputError, match="entry point 'broken': expected an importable module"):
+        load_plugins({})
