@@ -79,7 +79,7 @@ class UniformComponent(_Component):
     @model_validator(mode="after")
     def _order(self):
         if any(h <= lo for lo, h in zip(self.low, self.high, strict=False)):
-            raise ValueError("low and high need the same length and low < high")
+            raise ValueError("low < high in every dimension")
         return self
 
 
