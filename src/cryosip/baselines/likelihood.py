@@ -65,7 +65,7 @@ def _blocks(n: int, size: int):
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def log_likelihood_matrix(
+def log_likelihood_matrix(  # noqa: PLR0913 (keyword-only batching and Monte Carlo options)
     operator: AbstractRandomOperator,
     observations: Observations,
     support: Float[Array, "n_support dim"],

@@ -62,7 +62,7 @@ class GaussianMixtureX(LikelihoodEstimator):
     :meth:`measure_` gives the fitted measure on the grid.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (scikit-learn: hyperparameters are constructor arguments)
         self,
         n_components: int,
         grid: np.ndarray | None = None,

@@ -58,7 +58,7 @@ class Reweighting(LikelihoodEstimator):
     ``log_likelihood_history_`` (mean log-likelihood per image, one per iteration).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (scikit-learn: hyperparameters are constructor arguments)
         self,
         support,
         prior_concentration: float | np.ndarray | None = None,

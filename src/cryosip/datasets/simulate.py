@@ -131,7 +131,7 @@ def _add_noise(config, keys, stack, noise_std, progress) -> None:
         stack.data[idx] = stack.data[idx] + np.float32(noise_std) * eps[: len(idx)]
 
 
-def simulate_dataset(
+def simulate_dataset(  # noqa: PLR0913 (the entry function: one config, keyword-only options)
     config: SimulateConfig, out_dir: str | os.PathLike, *, force: bool = False,
     progress: bool = True, base_dir: str | os.PathLike = ".", argv: list[str] | None = None,
     source: str = "config",
@@ -167,7 +167,8 @@ def simulate_dataset(
         write_star(tmp / "particles.star", nuisance, op.optics,
                    pixel_size_angstrom=config.pixel_size_angstrom, box_size=config.box_size)
         snr = mean_var / sigma**2
-        _write_truth(tmp / "truth.npz", x, nuisance, sigma, snr, truth, rng)
+        _write_truth(tmp / "truth.npz", x, nuisance, truth, rng,
+                     {"noise_std": np.float64(sigma), "snr": np.float64(snr)})
         (tmp / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"),
                                                         sort_keys=False))
         wall = time.perf_counter() - t0
@@ -180,10 +181,9 @@ def simulate_dataset(
     return SimulationResult(out_dir, config.n_images, sigma, snr, time.perf_counter() - t0)
 
 
-def _write_truth(path: Path, x, nuisance: ImageNuisance, sigma, snr, truth, rng) -> None:
+def _write_truth(path: Path, x, nuisance: ImageNuisance, truth, rng, noise: dict) -> None:
     w = {f.name: np.asarray(getattr(nuisance, f.name)) for f in dataclasses.fields(nuisance)}
-    np.savez(path, x=x, noise_std=np.float64(sigma), snr=np.float64(snr),
-             truth_spec=np.array(truth.spec_json()), reference_x=truth.reference_sample(
-                 rng, REFERENCE_SIZE), lower=truth.lower, upper=truth.upper, **w)
+    np.savez(path, x=x, truth_spec=np.array(truth.spec_json()), reference_x=truth.reference_sample(
+        rng, REFERENCE_SIZE), lower=truth.lower, upper=truth.upper, **noise, **w)
 
 

@@ -67,7 +67,7 @@ def contrast_loglik(c: np.ndarray, power: np.ndarray, a, sigma: float, log_pi: n
     return log_norm.sum(-1), gamma
 
 
-def contrast_em(c: np.ndarray, power: np.ndarray, sigma: float, log_pi: np.ndarray, a,
+def contrast_em(c: np.ndarray, power: np.ndarray, sigma: float, log_pi: np.ndarray, a,  # noqa: PLR0913 (data c, P; noise; EM state pi, a; iterations)
                 n_iter: int, update_pi: bool = True):
     """``n_iter`` EM updates of ``(a, log pi)`` at fixed ``c``: responsibilities, then
     ``a = sum gamma c / sum gamma P`` and (if ``update_pi``) ``pi = mean_n gamma``."""
