@@ -67,8 +67,8 @@ def distances_to_truth(positions, weights, truth_npz: Path, seed: int = 0) -> di
     n_sub = min(n, 2000)
     sub = x_true[numpy_rng(seed, "subsample").choice(n, n_sub, replace=False)]
     w2 = wasserstein_nd(positions, weights, sub, None, p=2.0)
-    floor = wasserstein_nd(truth.sample(numpy_rng(seed, "floor"), n_sub), None, sub, None,
-                           p=2.0)
+    floor, _ = finite_sample_floor(truth.sample, lambda s: wasserstein_nd(s, None, sub, None, 2.0),
+                                   n_sub, numpy_rng(seed, "floor"), n_repeats=1)
     return {"w2": w2, "floor": floor, "n_subsample": n_sub, "n_images": n}
 
 
