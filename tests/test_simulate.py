@@ -174,4 +174,10 @@ def test_two_dimensional_model(tmp_path):
     truth = np.load(tmp_path / "d" / "truth.npz")
     assert truth["x"].shape == (4, 2) and truth["reference_x"].shape[1] == 2
     np.testing.assert_array_equal(truth["upper"], [1.0, 1.0])
-    assert np.isfinite(mrcfile.read(tmp_path / "d" / "particles.mrcs")).all()
+    # the images carry the signal and noise the truth file states: mean per-image variance
+    # sigma^2 (snr + 1), to 5 sd of the noise's sample variance (sigma^2 sqrt(2/N)) and of the
+    # signal-noise cross term (2 sigma^2 sqrt(snr/N)) over the N pixels
+    images = mrcfile.read(tmp_path / "d" / "particles.mrcs").astype(np.float64)
+    sigma2, snr, n_pix = float(truth["noise_std"]) ** 2, float(truth["snr"]), images.size
+    np.testing.assert_allclose(images.var(axis=(1, 2)).mean(), sigma2 * (snr + 1),
+                               atol=5 * sigma2 * (np.sqrt(2 / n_pix) + 2 * np.sqrt(snr / n_pix)))
