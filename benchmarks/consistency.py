@@ -170,7 +170,8 @@ def flow_rows(operator, observations, model, x_true, snr, args):
     from cryosip.pipeline import fit_flow
     from cryosip.pipeline.config import ReconstructConfig
 
-    config = ReconstructConfig(particles="(in memory)", seed=args.seed, progress=False)
+    config = ReconstructConfig.model_validate({"data": {"particles": "(in memory)"},
+                                               "loop": {"progress": False}, "seed": args.seed})
     rows = []
     for n in args.n:
         t0 = time.perf_counter()

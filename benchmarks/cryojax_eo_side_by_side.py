@@ -216,7 +216,8 @@ def flow_row(op, obs, seed: int):
     from cryosip.pipeline import fit_flow
     from cryosip.pipeline.config import ReconstructConfig
 
-    config = ReconstructConfig(particles="(in memory)", seed=seed, progress=False)
+    config = ReconstructConfig.model_validate({"data": {"particles": "(in memory)"},
+                                               "loop": {"progress": False}, "seed": seed})
     t0 = time.perf_counter()
     positions, weights = fit_flow(config, op, op.model, obs).measure.to_numpy()
     return np.asarray(positions), np.asarray(weights), time.perf_counter() - t0

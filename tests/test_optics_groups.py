@@ -273,9 +273,11 @@ def test_two_group_star_runs_end_to_end(tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--steps", "4", "--n-particles", "8",
             "--batch-size", "16", "--flow-box", "16", "--no-progress"]
     assert main(args) == 0, capsys.readouterr().err
-    config = ReconstructConfig(particles=str(data / "two.star"), model="hinge", n_particles=8,
-                               steps=3, batch_size=16, flow_box=16, progress=False,
-                               poses="unknown", discrepancy="kl", n_draws=16)
+    config = ReconstructConfig.model_validate({
+        "data": {"particles": str(data / "two.star"), "flow_box": 16, "poses": "unknown"},
+        "model": "hinge", "solver": {"n_particles": 8},
+        "objective": {"kind": "kl", "n_draws": 16},
+        "loop": {"steps": 3, "batch_size": 16, "progress": False}})
     result = reconstruct(config, tmp_path / "unknown")
     assert result.operator.optics.n_groups == 2
     probs = result.operator.prior.optics_group_probs

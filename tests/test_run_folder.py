@@ -210,8 +210,8 @@ def test_unknown_poses_record_the_prior_and_skip_the_heldout_mmd(made, tmp_path)
 
     data, _, _ = made
     model = load_model("hinge")
-    config = ReconstructConfig(particles=str(data / "two.star"), model="hinge",
-                               poses="unknown", seed=4)
+    config = ReconstructConfig(data={"particles": str(data / "two.star"), "poses": "unknown"},
+                               model="hinge", seed=4)
     prepared = prepare_data(read_particles(data / "two.star", require_poses=False), model,
                             known_poses=False, flow_box=16, heldout_fraction=0.05, seed=4,
                             offset=0.0, contrast=1.0, noise_std=0.02)
@@ -252,7 +252,7 @@ def test_a_file_model_is_recorded_with_absolute_paths_frame_and_offset(made, tmp
     monkeypatch.chdir(tmp_path / "models")
     spec = {"structure": "f.pdb", "align": True}
     model = TranslatedModel(load_model(spec), [6.0, -4.0, 3.0])
-    config = ReconstructConfig(particles=str(data / "two.star"), model=spec)
+    config = ReconstructConfig(data={"particles": str(data / "two.star")}, model=spec)
     prepared = prepare_data(read_particles(data / "two.star"), model, known_poses=True,
                             flow_box=16, heldout_fraction=0.05, seed=0, offset=0.0,
                             contrast=1.0, noise_std=0.02)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cryosip.cli.reconstruct import add_model_arguments
+from cryosip.errors import check_output_folder, from_validation
+
 NAME = "baseline"
 HELP = "fit a DTO baseline (fixed-support reweighting, per-image MAP, Gaussian mixture in x)"
 
@@ -19,10 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datadir", default=None, help="folder searched first for the stacks")
     p.add_argument("--pixel-size", type=float, default=None, dest="pixel_size",
                    help="pixel size in Å; overrides the particle file's")
-    p.add_argument("--model", default="adk-path", help="as for reconstruct")
-    p.add_argument("--coarse", choices=["residue", "none"], default="residue")
-    p.add_argument("--align-frames", action="store_true",
-                   help="as for reconstruct (superpose and centre a file model's frames)")
+    add_model_arguments(p)
     p.add_argument("--out", required=True, help="run folder (new or empty)")
     p.add_argument("--poses", choices=["known", "unknown"], default="known")
     p.add_argument("--support", choices=["grid", "frames"], default="grid",
@@ -40,24 +40,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cryosip.baselines import BaselineConfig
-    from cryosip.cli.reconstruct import _check_out, _model_spec, flag_error
+    from cryosip.cli.reconstruct import FLAGS, _model_spec
     from cryosip.pipeline.baseline import run_baseline
-    from cryosip.pipeline.config import ReconstructConfig
+    from cryosip.pipeline.config import parse_config
 
-    args.resume = False
-    _check_out(Path(args.out), args)
+    check_output_folder(args.out, force=args.force)
+    data = {"particles": str(Path(args.particles).resolve()), "datadir": args.datadir,
+            "pixel_size_angstrom": args.pixel_size, "poses": args.poses,
+            "flow_box": args.flow_box or None, "noise_std": args.noise_std,
+            "contrast": args.contrast}
+    given = {dotted: flag for dotted, flag in FLAGS.values()}
+    data_config = parse_config({"data": data, "model": _model_spec(args), "seed": args.seed,
+                                "loop": {"progress": False}}, "command line", flags=given)
     try:
-        data_config = ReconstructConfig(
-            particles=args.particles, datadir=args.datadir, pixel_size_angstrom=args.pixel_size,
-            model=_model_spec(args), poses=args.poses,
-            flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
-            seed=args.seed, progress=False,
-        )
         baseline = BaselineConfig(support=args.support, n_support=args.n_support,
                                   prior_concentration=args.prior_concentration,
                                   n_components=args.n_components, seed=args.seed)
     except ValidationError as err:  # a flag out of range: one line, exit 2
-        raise flag_error(err) from None
+        raise from_validation(err, "command line", flags=True) from None
     summary = run_baseline(args.method, data_config, baseline, args.out, argv=args.argv)
     print(json.dumps(summary))
     print(f"report: {Path(args.out) / 'report.html'}")

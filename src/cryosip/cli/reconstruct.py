@@ -1,4 +1,10 @@
-"""``cryosip reconstruct``: recover the distribution over conformations from a STAR file."""
+"""``cryosip reconstruct``: recover the distribution over conformations from a STAR file.
+
+Settings come from ``--config run.yaml`` (the nested :class:`~cryosip.pipeline.config.
+ReconstructConfig`), then from flags: a flag given on the command line wins, a flag not
+given leaves the YAML (or the default) alone. The resolved config is written to the run
+folder as ``config.yaml``; ``--config RUN/config.yaml --out NEW`` reruns it exactly.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from cryosip.errors import InputError
+from cryosip.errors import InputError, check_output_folder
 
 NAME = "reconstruct"
 HELP = "recover the distribution over conformations behind a particle stack"
@@ -19,13 +23,54 @@ KL with known poses, 32 weighted particles (--wfr), 300 steps, minibatches of 12
 (256 for MMD),
 flow box 32 (Fourier crop), displacement cap 0.02 per step. Choose MMD for a
 likelihood-free fit; choose --poses unknown only when no consensus refinement exists.
+A flag overrides the same key of --config (data.particles, solver.n_particles, ...).
 """
 
+FLAGS: dict[str, tuple[str, str]] = {
+    "particles": ("data.particles", "--particles"),
+    "datadir": ("data.datadir", "--datadir"),
+    "pixel_size": ("data.pixel_size_angstrom", "--pixel-size"),
+    "poses": ("data.poses", "--poses"),
+    "register": ("data.registration", "--register"),
+    "flow_box": ("data.flow_box", "--flow-box"),
+    "noise_std": ("data.noise_std", "--noise-std"),
+    "contrast": ("data.contrast", "--contrast"),
+    "discrepancy": ("objective.kind", "--discrepancy"),
+    "n_draws": ("objective.n_draws", "--n-draws"),
+    "mmd_bandwidth": ("objective.bandwidth", "--mmd-bandwidth"),
+    "mmd_features": ("objective.features", "--mmd-features"),
+    "n_particles": ("solver.n_particles", "--n-particles"),
+    "step_size": ("solver.step_size", "--step-size"),
+    "max_displacement": ("solver.max_displacement", "--max-displacement"),
+    "temperature": ("solver.temperature", "--temperature"),
+    "wfr": ("solver.wfr", "--wfr"),
+    "steps": ("loop.steps", "--steps"),
+    "batch_size": ("loop.batch_size", "--batch-size"),
+    "progress": ("loop.progress", "--no-progress"),
+    "seed": ("seed", "--seed"),
+}
+"""argparse dest -> (dotted config key, flag): one name per setting across CLI and YAML."""
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--coarse``, ``--align-frames`` (shared with ``baseline``)."""
+    p.add_argument("--model", default=None,
+                   help="adk-path | adk-domains | hinge | a multi-model PDB/mmCIF | a YAML/JSON "
+                        "model spec (default adk-path)")
+    p.add_argument("--coarse", choices=["residue", "none"], default=None,
+                   help="one bead per residue for the built-in AdK models (default residue: "
+                        "15x faster than all atoms)")
+    p.add_argument("--align-frames", action="store_true",
+                   help="superpose a file model's frames on the first and centre each one "
+                        "(default: keep the coordinates as given, the consensus map's frame)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML's value stays
     p.epilog = _DEFAULTS_NOTE
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--particles", required=True,
+    p.add_argument("--config", default=None,
+                   help="a YAML config (the tree of RUN/config.yaml); flags override its keys")
+    p.add_argument("--particles", default=None,
                    help="a RELION STAR file (3.0 or 3.1) or a cryoSPARC .cs file")
     p.add_argument("--datadir", default=None,
                    help="folder searched first for the particle stacks (then the particle "
@@ -33,112 +78,146 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, default=None, dest="pixel_size",
                    help="pixel size in Å; overrides the particle file's (default: the file's, "
                         "else the first stack's MRC voxel size)")
-    p.add_argument("--model", default="adk-path",
-                   help="adk-path | adk-domains | hinge | a multi-model PDB/mmCIF | a YAML/JSON "
-                        "model spec (default adk-path)")
-    p.add_argument("--coarse", choices=["residue", "none"], default="residue",
-                   help="one bead per residue for the built-in AdK models (default residue: "
-                        "15x faster than all atoms)")
+    add_model_arguments(p)
     p.add_argument("--out", required=True, help="run folder (created; refused if non-empty)")
-    p.add_argument("--poses", choices=["known", "unknown"], default="known")
-    p.add_argument("--register", choices=["none", "translation"], default="translation",
+    p.add_argument("--poses", choices=["known", "unknown"], default=None,
+                   help="known (from the STAR file, default) or unknown (uniform prior)")
+    p.add_argument("--register", choices=["none", "translation"], default=None,
                    help="estimate the model's 3-D offset from the images before the flow "
                         "(known poses; default translation)")
-    p.add_argument("--align-frames", action="store_true",
-                   help="superpose a file model's frames on the first and centre each one "
-                        "(default: keep the coordinates as given, the consensus map's frame)")
-    p.add_argument("--discrepancy", choices=["kl", "mmd"], default="kl")
-    p.add_argument("--n-particles", type=int, default=32)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--discrepancy", choices=["kl", "mmd"], default=None, help="default kl")
+    p.add_argument("--n-particles", type=int, default=None, help="default 32")
+    p.add_argument("--steps", type=int, default=None, help="default 300")
     p.add_argument("--step-size", type=float, default=None,
                    help="time step (default: set from the first gradient, see --max-displacement)")
-    p.add_argument("--max-displacement", type=float, default=0.02,
+    p.add_argument("--max-displacement", type=float, default=None,
                    help="largest particle move per step, in units of x (default 0.02)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per minibatch (default 128 for KL, 256 for MMD)")
-    p.add_argument("--n-draws", type=int, default=256,
-                   help="nuisance draws (unknown poses) per step")
-    p.add_argument("--mmd-features", choices=["pixels", "power-spectrum"], default="pixels",
-                   help="MMD kernel on raw pixels (noise integrated out) or on the rotationally "
-                        "averaged power spectrum (invariant to in-plane pose: for --poses unknown)")
-    p.add_argument("--mmd-bandwidth", type=float, default=1.0,
+    p.add_argument("--n-draws", type=int, default=None,
+                   help="nuisance draws per step (default 256; MMD shares them out among the "
+                        "particles)")
+    p.add_argument("--mmd-features", choices=["pixels", "power-spectrum"], default=None,
+                   help="MMD kernel on raw pixels (noise integrated out, default) or on the "
+                        "rotationally averaged power spectrum (invariant to in-plane pose: for "
+                        "--poses unknown)")
+    p.add_argument("--mmd-bandwidth", type=float, default=None,
                    help="relative Gaussian bandwidth (pixels: h^2 = f D sigma^2; power spectrum: "
-                        "f x median heuristic)")
-    p.add_argument("--flow-box", type=int, default=32,
-                   help="Fourier-crop images to this box for the flow (0: no crop)")
+                        "f x median heuristic; default 1)")
+    p.add_argument("--flow-box", type=int, default=None,
+                   help="Fourier-crop images to this box for the flow (0: no crop; default 32)")
     p.add_argument("--noise-std", type=float, default=None,
                    help="noise sigma in the stack's units (default: estimated)")
     p.add_argument("--contrast", type=float, default=None,
                    help="image scale (default: estimated)")
-    p.add_argument("--temperature", type=float, default=0.0, help="Langevin (entropic) term")
-    p.add_argument("--wfr", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--temperature", type=float, default=None,
+                   help="Langevin (entropic) term (default 0)")
+    p.add_argument("--wfr", action=argparse.BooleanOptionalAction, default=None,
                    help="Wasserstein-Fisher-Rao: weights move too (default on)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.npz")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   default=None)
+
+
+_BUILTIN = ("adk-path", "adk-domains", "hinge")
 
 
 def _model_spec(args) -> str | dict:
-    spec: str | dict = args.model
-    path = Path(args.model)
+    """The model spec of ``--model``/``--coarse``/``--align-frames`` (defaults: adk-path,
+    residue beads)."""
+    name = args.model or "adk-path"
+    coarse = args.coarse or "residue"
+    spec: str | dict = name
+    path = Path(name)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
         import yaml
 
         spec = yaml.safe_load(path.read_text())
-    if isinstance(spec, str) and spec in ("adk-path", "adk-domains") and args.coarse != "none":
-        spec = {"name": spec, "coarse": args.coarse}
+    if isinstance(spec, str) and spec in ("adk-path", "adk-domains") and coarse != "none":
+        spec = {"name": spec, "coarse": coarse}
     if args.align_frames:
-        if spec in ("adk-path", "adk-domains", "hinge") or (isinstance(spec, dict)
-                                                           and "name" in spec):
+        if spec in _BUILTIN or (isinstance(spec, dict) and "name" in spec):
             raise InputError("command line", "--align-frames", "a file model (PDB/mmCIF, "
-                             "topology + trajectory)", f"the built-in model {args.model!r}")
+                             "topology + trajectory)", f"the built-in model {name!r}")
         spec = {**spec, "align": True} if isinstance(spec, dict) else {"structure": spec,
                                                                        "align": True}
     return spec
 
 
-_FLAGS = {"pixel_size_angstrom": "--pixel-size"}
-"""Config fields whose command-line flag is not ``--`` + the field with ``-`` for ``_``."""
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = tree.get(key)
+        tree[key] = node = dict(node) if isinstance(node, dict) else {}
+        tree = node
+    tree[last] = value
 
 
-def flag_error(err: ValidationError) -> InputError:
-    """The first problem of a config built from flags, as one line naming the flag."""
-    first = err.errors()[0]
-    field = str(first["loc"][0]) if first["loc"] else ""
-    flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
-    return InputError("command line", flag, first["msg"].removeprefix("Input should be "),
-                      repr(first.get("input")))
+def _model_paths(spec, base: Path):
+    """A model spec with its file names made absolute from ``base`` (built-in names kept)."""
+    if isinstance(spec, str) and spec not in _BUILTIN and (base / spec).exists():
+        return str((base / spec).resolve())
+    if isinstance(spec, dict):
+        return {k: str((base / v).resolve()) if k in ("structure", "topology", "trajectory")
+                and isinstance(v, str) else v for k, v in spec.items()}
+    return spec
 
 
-def _check_out(out: Path, args) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(str(out), None, "a run folder", "a file")
-    if out.exists() and any(out.iterdir()) and not (args.force or args.resume):
-        raise InputError(str(out), None, "an empty or new run folder",
-                         "existing files; pass --resume to continue or --force to overwrite")
+def _absolute(raw: dict, base: Path) -> None:
+    """File names of ``data`` and ``model`` as absolute paths (relative ones from ``base``),
+    so the written ``config.yaml`` reruns from any folder."""
+    if "model" in raw:
+        raw["model"] = _model_paths(raw["model"], base)
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("particles", "datadir"):
+        if isinstance(data.get(key), str):
+            data[key] = str((base / data[key]).resolve())
+
+
+def merged_config(args: argparse.Namespace):
+    """The config of ``--config`` with the flags given on the command line applied on top."""
+    from cryosip.pipeline.config import parse_config, read_yaml
+
+    raw, source = {}, "command line"
+    if args.config is not None:
+        raw, source = read_yaml(args.config), str(args.config)
+        _absolute(raw, Path(args.config).parent)
+    given: dict[str, str] = {}
+    objective = raw.get("objective") if isinstance(raw.get("objective"), dict) else {}
+    if args.discrepancy is not None and objective.get("kind", "kl") != args.discrepancy:
+        # another kind: only the per-step draws carry over (its other keys mean nothing here)
+        raw["objective"] = {k: v for k, v in objective.items() if k == "n_draws"}
+    flags = {dest: getattr(args, dest) for dest in FLAGS if getattr(args, dest) is not None}
+    kind = args.discrepancy or objective.get("kind", "kl")
+    for dest in ("mmd_bandwidth", "mmd_features"):
+        if dest in flags and kind != "mmd":
+            raise InputError("command line", FLAGS[dest][1], "--discrepancy mmd with it",
+                             f"objective {kind!r}")
+    if args.flow_box == 0:
+        flags["flow_box"] = None
+    for dest, value in flags.items():
+        dotted, flag = FLAGS[dest]
+        value = str(Path(value).resolve()) if dest in ("particles", "datadir") else value
+        _set(raw, dotted, value)
+        given[dotted] = flag
+    if args.model is not None or args.coarse is not None or args.align_frames:
+        raw["model"] = _model_paths(_model_spec(args), Path())
+        given["model"] = "--model"
+    if not isinstance(raw.get("data"), dict) or "particles" not in raw["data"]:
+        raise InputError("command line", "--particles", "a particle file (or data.particles "
+                         "in --config)", "none")
+    return parse_config(raw, source, flags=given)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cryosip.pipeline.config import ReconstructConfig
     from cryosip.pipeline.run import run_reconstruction
 
-    out = Path(args.out)
-    _check_out(out, args)
-    try:
-        config = ReconstructConfig(
-            particles=args.particles, datadir=args.datadir,
-            pixel_size_angstrom=args.pixel_size, model=_model_spec(args), poses=args.poses,
-            discrepancy=args.discrepancy, n_particles=args.n_particles, steps=args.steps,
-            step_size=args.step_size, max_displacement=args.max_displacement,
-            batch_size=args.batch_size, n_draws=args.n_draws,
-            mmd_features=args.mmd_features, mmd_bandwidth=args.mmd_bandwidth,
-            flow_box=args.flow_box or None, noise_std=args.noise_std, contrast=args.contrast,
-            temperature=args.temperature, wfr=args.wfr, seed=args.seed,
-            progress=not args.no_progress, registration=args.register,
-        )
-    except ValidationError as err:
-        raise flag_error(err) from None
+    out = check_output_folder(args.out, force=args.force, resume=args.resume)
+    config = merged_config(args)
     _, summary = run_reconstruction(config, out, resume=args.resume, argv=args.argv)
     print(json.dumps({k: summary[k] for k in ("status", "steps", "wall_time_s",
                                               "scale_noise_std", "scale_contrast")}))

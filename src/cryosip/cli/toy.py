@@ -68,13 +68,14 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _write_run(out: Path, run, suffix: str) -> None:
     from cryosip.plotting import plot_density_1d, plot_density_2d
+    from cryosip.seeds import numpy_rng
 
     res = run.result
     positions, weights = res.measure.to_numpy()
     atomic_savez(out / f"ensemble{suffix}.npz", positions=positions, weights=weights,
                  losses=res.losses, steps_history=res.steps_history,
                  positions_history=res.positions_history, weights_history=res.weights_history)
-    truth = run.problem.truth.sample(np.random.default_rng(0), 20_000)
+    truth = run.problem.truth.sample(numpy_rng(run.config.seed, "figure"), 20_000)
     lo, hi = np.asarray(run.problem.domain.lower), np.asarray(run.problem.domain.upper)
     if positions.shape[1] == 1:
         plot_density_1d(out / f"density{suffix}.png", positions, weights,

@@ -34,16 +34,16 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
     """Fit ``method`` to the stack of ``data_config`` and write the run folder."""
     started = utc_now()
     out_dir = Path(out_dir)
-    known = data_config.poses == "known"
+    section = data_config.data
+    known = section.poses == "known"
     model = load_model(data_config.model)
-    stack = read_particles(data_config.particles, require_poses=known,
-                           datadir=data_config.datadir,
-                           pixel_size_angstrom=data_config.pixel_size_angstrom)
+    stack = read_particles(section.particles, require_poses=known, datadir=section.datadir,
+                           pixel_size_angstrom=section.pixel_size_angstrom)
     data = prepare_data(stack, model,
-                        known_poses=known, flow_box=data_config.flow_box,
-                        heldout_fraction=data_config.heldout_fraction, seed=data_config.seed,
-                        offset=data_config.offset, contrast=data_config.contrast,
-                        noise_std=data_config.noise_std)
+                        known_poses=known, flow_box=section.flow_box,
+                        heldout_fraction=section.heldout_fraction, seed=data_config.seed,
+                        offset=section.offset, contrast=section.contrast,
+                        noise_std=section.noise_std)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
     operator = build_operator(data, model, known)
     observations = data.observations(data.train_index, with_nuisance=known)
@@ -67,6 +67,6 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
     write_provenance(out_dir, data_config, data_config.seed, argv, started,
                      baseline=baseline.model_dump(mode="json"), method=method)
     figures = write_figures(out_dir, model, positions, weights, history, None)
-    write_run_report(out_dir, f"cryosip baseline {method}: {Path(data_config.particles).name}",
+    write_run_report(out_dir, f"cryosip baseline {method}: {Path(section.particles).name}",
                      {"Baseline": summary}, figures)
     return summary

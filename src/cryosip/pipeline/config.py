@@ -1,77 +1,198 @@
-"""Typed, frozen configuration of ``cryosip reconstruct`` (unknown keys are rejected).
+"""Typed, frozen, nested configuration of ``cryosip reconstruct`` (unknown keys are rejected).
+
+One name, one meaning in the CLI, a YAML file and code: ``data.poses`` is known/unknown,
+``objective.n_draws`` is nuisance draws per step, ``loop.batch_size`` is images per
+minibatch. A YAML config is the same tree (``docs/tutorial.md``)::
+
+    data: {particles: particles.star, poses: known}
+    model: {name: adk-path, coarse: residue}
+    objective: {kind: mmd, n_draws: 256, bandwidth: 1.0, features: pixels}
+    solver: {n_particles: 32, wfr: true}
+    loop: {steps: 300}
+    seed: 0
 
 Defaults were chosen by measurement on the AdK path (``docs/tutorial.md`` has the runs):
-known poses, KL, 32 particles, 300 steps of minibatches of 128 images at a flow box of 32
-pixels (Fourier crop from 64), displacement cap 0.02 of the unit interval per step.
+known poses, KL, 32 particles with Wasserstein-Fisher-Rao weights, 300 steps of minibatches
+of 128 images at a flow box of 32 pixels (Fourier crop from 64), displacement cap 0.02 of
+the unit interval per step.
+
+>>> c = ReconstructConfig.model_validate({"data": {"particles": "p.star"},
+...                                       "objective": {"kind": "mmd"}})
+>>> c.objective.kind, c.minibatch_size, c.solver.wfr, c.outputs.quantiles
+('mmd', 256, True, (0.1, 0.5, 0.9))
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ReconstructConfig"]
+from cryosip.errors import InputError, from_validation, read_yaml
+from cryosip.flows import SolverConfig
+
+__all__ = ["DataSection", "KLSection", "LoopSection", "MMDSection", "OutputsSection",
+           "ReconstructConfig", "SolverSection", "load_config", "parse_config", "read_yaml",
+           "write_config"]
 
 
-class ReconstructConfig(BaseModel):
-    """Every number of a reconstruction; ``particles`` and ``model`` say what to fit.
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSection(_Section):
+    """The particle images and how they are prepared for the flow.
 
     ``particles`` is a RELION STAR or a cryoSPARC ``.cs`` file; ``datadir`` is searched
     first for its stacks and ``pixel_size_angstrom`` overrides the file's pixel size
-    (:func:`cryosip.io.read_particles`).
-
-    ``registration="translation"`` (known poses) first estimates the model's global 3-D offset
-    from the images and moves the model by it (:mod:`cryosip.pipeline.register`).
-
-    ``batch_size=None`` takes 128 images per minibatch for KL and 256 for MMD, whose
-    minibatch gradients are noisier (AdK, N = 10000, SNR 0.01, known poses: MMD W1 0.043
-    at 128, 0.038 at 256).
-
-    ``step_size=None`` sets the time step from the first gradient so that the fastest
-    particle moves ``max_displacement`` (in units of ``x``) at step 0; ``step_decay``
-    then shrinks it as ``h_k = h_0 / (1 + step_decay * k)``. ``flow_box`` Fourier-crops
-    the images (and renders the model) at that box: faster, and the fine detail it drops
-    carries little signal at low SNR. ``mmd_bandwidth`` is relative: on pixels the Gaussian
-    kernel has ``h^2 = mmd_bandwidth * D * sigma^2`` (``D`` pixels, ``sigma`` the noise);
-    on ``mmd_features="power-spectrum"`` (:mod:`cryosip.measures.features`) ``h`` is
-    ``mmd_bandwidth`` times the median distance between features of prior simulations.
+    (:func:`cryosip.io.read_particles`). ``flow_box`` Fourier-crops the images (and renders
+    the model) at that box: faster, and the fine detail it drops carries little signal at
+    low SNR (``None``: no crop). ``noise_std``, ``contrast``, ``offset`` (stack units):
+    estimated when ``None``. ``registration="translation"`` (known poses) first estimates
+    the model's global 3-D offset from the images and moves the model by it
+    (:mod:`cryosip.pipeline.register`).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     particles: str
     datadir: str | None = None
     pixel_size_angstrom: float | None = Field(None, gt=0)
-    model: str | dict = "adk-path"
     poses: Literal["known", "unknown"] = "known"
-    registration: Literal["none", "translation"] = "translation"
-    discrepancy: Literal["kl", "mmd"] = "kl"
-    n_particles: int = Field(32, ge=1)
-    steps: int = Field(300, ge=1)
-    step_size: float | None = Field(None, gt=0)
-    max_displacement: float = Field(0.02, gt=0)
-    step_decay: float = Field(0.01, ge=0)
-    temperature: float = Field(0.0, ge=0)
-    batch_size: int | None = Field(None, ge=1)
-    n_draws: int = Field(256, ge=1)
-    mmd_bandwidth: float = Field(1.0, gt=0)
-    mmd_features: Literal["pixels", "power-spectrum"] = "pixels"
-    wfr: bool = True
-    weight_rate: float = Field(1.0, gt=0)
     flow_box: int | None = Field(32, ge=8)
     heldout_fraction: float = Field(0.05, ge=0, lt=1)
     noise_std: float | None = Field(None, gt=0)
     contrast: float | None = None
     offset: float | None = None
-    seed: int = 0
+    registration: Literal["none", "translation"] = "translation"
+
+
+class KLSection(_Section):
+    """KL (the likelihood): ``n_draws`` nuisance draws per step for the importance-sampling
+    marginal of ``p(y | x)`` (unknown poses; known poses use the image's own nuisance)."""
+
+    kind: Literal["kl"] = "kl"
+    n_draws: int = Field(256, ge=1)
+
+
+class MMDSection(_Section):
+    """MMD (likelihood-free): ``n_draws`` simulations per step, shared out as
+    ``max(1, n_draws // n_particles)`` per particle. ``bandwidth`` is relative: on
+    ``features="pixels"`` the Gaussian kernel has ``h^2 = bandwidth * D * sigma^2`` (``D``
+    pixels, ``sigma`` the noise); on ``"power-spectrum"`` (:mod:`cryosip.forward.features`)
+    ``h`` is ``bandwidth`` times the median distance between features of prior simulations."""
+
+    kind: Literal["mmd"] = "mmd"
+    n_draws: int = Field(256, ge=1)
+    bandwidth: float = Field(1.0, gt=0)
+    features: Literal["pixels", "power-spectrum"] = "pixels"
+
+
+class SolverSection(_Section):
+    """The particles and the numbers of the step (:class:`cryosip.flows.SolverConfig`).
+
+    ``step_size=None`` sets the time step from the first gradient so that the fastest
+    particle moves ``max_displacement`` (units of ``x``) at step 0; ``step_decay`` then
+    shrinks it as ``h_k = h_0 / (1 + step_decay * k)``. ``wfr``: the weights move too
+    (Wasserstein-Fisher-Rao, Fisher-Rao step ``weight_rate`` per iteration).
+    """
+
+    n_particles: int = Field(32, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    max_displacement: float = Field(0.02, gt=0)
+    step_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    wfr: bool = True
+    weight_rate: float = Field(1.0, gt=0)
+
+    def flows_config(self) -> SolverConfig:
+        """The :class:`~cryosip.flows.SolverConfig` of this section."""
+        return SolverConfig(step_size=self.step_size, max_displacement=self.max_displacement,
+                            step_decay=self.step_decay, temperature=self.temperature,
+                            weight_rate=self.weight_rate if self.wfr else 0.0)
+
+
+class LoopSection(_Section):
+    """The loop: ``steps``; ``batch_size`` images per minibatch (``None``: 128 for KL, 256
+    for MMD, whose minibatch gradients are noisier: AdK, N = 10000, SNR 0.01, known poses,
+    MMD W1 0.043 at 128, 0.038 at 256); history and checkpoint cadence in steps."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int | None = Field(None, ge=1)
     history_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     progress: bool = True
+
+
+class OutputsSection(_Section):
+    """What the run folder summarises: the ``quantiles`` of the recovered measure."""
+
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+
+
+class ReconstructConfig(_Section):
+    """Every number of a reconstruction; ``data.particles`` and ``model`` say what to fit.
+
+    ``model`` is a model spec (:func:`cryosip.structures.factory.load_model`); the default
+    is the AdK path with one bead per residue, as on the command line.
+    """
+
+    data: DataSection
+    model: str | dict = {"name": "adk-path", "coarse": "residue"}
+    objective: Annotated[KLSection | MMDSection, Field(discriminator="kind")] = KLSection()
+    solver: SolverSection = SolverSection()
+    loop: LoopSection = LoopSection()
+    outputs: OutputsSection = OutputsSection()
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kl_unless_said(cls, raw: Any) -> Any:
+        """``objective`` without ``kind`` is KL (the default objective)."""
+        if isinstance(raw, dict) and isinstance(raw.get("objective"), dict):
+            raw = {**raw, "objective": {"kind": "kl", **raw["objective"]}}
+        return raw
 
     @property
     def minibatch_size(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return 128 if self.discrepancy == "kl" else 256
+        if self.loop.batch_size is not None:
+            return self.loop.batch_size
+        return 128 if self.objective.kind == "kl" else 256
+
+
+def _field(loc: tuple) -> str:
+    """The dotted key of an error location, without pydantic's union tag (``objective.mmd``)."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] == "objective" and parts[1] in ("kl", "mmd"):
+        parts.pop(1)
+    return ".".join(parts)
+
+
+def parse_config(raw: Any, source: str = "config",
+                 flags: dict[str, str] | None = None) -> ReconstructConfig:
+    """Validate a nested mapping; an error is one :class:`InputError` naming ``source`` and
+    the dotted key, or the command-line flag when ``flags`` maps that key to one."""
+    if not isinstance(raw, dict):
+        raise InputError(source, None, "a YAML mapping of keys", type(raw).__name__)
+    try:
+        return ReconstructConfig.model_validate(raw)
+    except ValidationError as err:
+        plain = from_validation(err, source)
+        key = _field(err.errors()[0]["loc"])
+        if flags and key in flags:
+            raise InputError("command line", flags[key], plain.expected, plain.found) from None
+        raise InputError(source, key or None, plain.expected, plain.found) from None
+
+
+def load_config(path: str | Path) -> ReconstructConfig:
+    """Read and validate a YAML config (as written to a run folder by :func:`write_config`)."""
+    return parse_config(read_yaml(path), str(path))
+
+
+def write_config(config: ReconstructConfig, path: str | Path) -> Path:
+    """Write the resolved ``config`` as YAML; :func:`load_config` reads back an equal one."""
+    from cryosip.provenance import atomic_write_text
+
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    atomic_write_text(Path(path), text)
+    return Path(path)

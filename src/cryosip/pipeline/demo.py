@@ -41,11 +41,12 @@ def run_demo(out_dir: str | Path, size: Literal["full", "tiny"] = "full", seed: 
     data_dir, run_dir = out_dir / "data", out_dir / "run"
     simulate_dataset(demo_simulate_config(size, seed), data_dir, progress=progress, argv=argv)
     _, steps, n_particles = DEMO_SIZES[size]
-    config = ReconstructConfig(
-        particles=str(data_dir / "particles.star"),
-        model={"name": "adk-path", "coarse": "residue"}, discrepancy="kl", wfr=True,
-        n_particles=n_particles, steps=steps, seed=seed, progress=progress,
-    )
+    config = ReconstructConfig.model_validate({
+        "data": {"particles": str(data_dir / "particles.star")},
+        "model": {"name": "adk-path", "coarse": "residue"}, "objective": {"kind": "kl"},
+        "solver": {"n_particles": n_particles, "wfr": True},
+        "loop": {"steps": steps, "progress": progress}, "seed": seed,
+    })
     run_reconstruction(config, run_dir, argv=argv)
     evaluation = evaluate_run(run_dir, data_dir / "truth.npz")
     atomic_write_text(run_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")

@@ -35,13 +35,11 @@ from cryosip.flows import (
     FlowResult,
     KLObjective,
     MMDObjective,
-    SolverConfig,
     fit_measure,
 )
-from cryosip.forward import CryoEMOperator, NuisancePrior
+from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
-from cryosip.measures.features import RadialPowerSpectrum
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import PreparedData, estimate_scale, prepare_data
 from cryosip.pipeline.register import Registration, boundary_warning, register_translation
@@ -70,7 +68,7 @@ class ReconstructResult:
         """``registration`` for the report and provenance (method ``none`` when skipped)."""
         if self.registration is not None:
             return self.registration.record()
-        reason = ("--register none" if self.config.registration == "none"
+        reason = ("--register none" if self.config.data.registration == "none"
                   else "skipped: poses unknown (the offset is absorbed by the pose search)")
         return {"method": "none", "reason": reason}
 
@@ -100,16 +98,17 @@ def initial_measure(model, n_particles: int, seed: int) -> ParticleMeasure:
 
 
 def _objective(config: ReconstructConfig, operator: CryoEMOperator):
-    if config.discrepancy == "kl":
-        return KLObjective(operator, n_draws=config.n_draws)
-    n_draws = max(1, config.n_draws // config.n_particles)
-    if config.mmd_features == "power-spectrum":
+    section = config.objective
+    if section.kind == "kl":
+        return KLObjective(operator, n_draws=section.n_draws)
+    n_draws = max(1, section.n_draws // config.solver.n_particles)  # n_draws is per step
+    if section.features == "power-spectrum":
         phi = RadialPowerSpectrum(operator.image_config.box_size)
-        h = config.mmd_bandwidth * _feature_scale(operator, phi, config.seed, n_draws)
+        h = section.bandwidth * _feature_scale(operator, phi, config.seed, n_draws)
         return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws,
                             marginalise_noise=False, feature_map=phi)
     n_pix = operator.image_config.box_size**2
-    h = float(np.sqrt(config.mmd_bandwidth * n_pix) * operator.noise_std)
+    h = float(np.sqrt(section.bandwidth * n_pix) * operator.noise_std)
     return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws)
 
 
@@ -125,16 +124,6 @@ def _feature_scale(operator, phi, seed: int, n: int = 256) -> float:
     return float(median_bandwidth(jax.vmap(phi)(sims)))
 
 
-def _solver_config(config: ReconstructConfig) -> SolverConfig:
-    """The solver's numbers (``step_size=None``: the first step moves the fastest particle
-    ``max_displacement``, :func:`cryosip.flows.solvers.initial_step_size`)."""
-    return SolverConfig(
-        step_size=config.step_size, max_displacement=config.max_displacement,
-        step_decay=config.step_decay, temperature=config.temperature,
-        weight_rate=config.weight_rate if config.wfr else 0.0,
-    )
-
-
 def fit_flow(config: ReconstructConfig, operator, model, observations,
              checkpointer: Checkpointer | None = None, resume: bool = False) -> FlowResult:
     """The particle flow of ``config`` on any operator and observations (or a source).
@@ -146,16 +135,18 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
     domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
                     tuple(model.periodic))
     problem = FlowProblem(_objective(config, operator),
-                          initial_measure(model, config.n_particles, config.seed),
+                          initial_measure(model, config.solver.n_particles, config.seed),
                           observations, domain)
     n = len(observations)
-    every = config.history_every
+    every = config.loop.history_every
     loop = FlowConfig(
-        max_steps=config.steps, batch_size=min(config.minibatch_size, n), history_every=every,
-        checkpoint_every=max(every, config.checkpoint_every // every * every),
-        progress=config.progress,
+        max_steps=config.loop.steps, batch_size=min(config.minibatch_size, n),
+        history_every=every,
+        checkpoint_every=max(every, config.loop.checkpoint_every // every * every),
+        progress=config.loop.progress,
     )
-    return fit_measure(problem, _solver_config(config), loop, jax_key(config.seed, "flow"),
+    return fit_measure(problem, config.solver.flows_config(), loop,
+                       jax_key(config.seed, "flow"),
                        checkpointer, resume)
 
 
@@ -164,14 +155,15 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     """Run the reconstruction of ``config`` with checkpoints in ``out_dir`` (module docstring)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    known = config.poses == "known"
-    stack = read_particles(config.particles, require_poses=known, datadir=config.datadir,
-                           pixel_size_angstrom=config.pixel_size_angstrom)
+    section = config.data
+    known = section.poses == "known"
+    stack = read_particles(section.particles, require_poses=known, datadir=section.datadir,
+                           pixel_size_angstrom=section.pixel_size_angstrom)
     model = load_model(config.model)
-    data = prepare_data(stack, model, known_poses=known, flow_box=config.flow_box,
-                        heldout_fraction=config.heldout_fraction, seed=config.seed,
-                        offset=config.offset, contrast=config.contrast,
-                        noise_std=config.noise_std)
+    data = prepare_data(stack, model, known_poses=known, flow_box=section.flow_box,
+                        heldout_fraction=section.heldout_fraction, seed=config.seed,
+                        offset=section.offset, contrast=section.contrast,
+                        noise_std=section.noise_std)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
     registration, model, data = _register(config, data, model, known)
     operator = build_operator(data, model, known)
@@ -189,12 +181,12 @@ def _register(config: ReconstructConfig, data: PreparedData, model, known: bool)
     """``(registration, model, data)``: the model moved by its estimated offset and the
     contrast re-estimated with it (known poses and ``registration="translation"``), else as
     given (:mod:`cryosip.pipeline.register`)."""
-    if not known or config.registration == "none":
-        if not known and config.registration != "none":
+    if not known or config.data.registration == "none":
+        if not known and config.data.registration != "none":
             logging.getLogger("cryosip").info("registration skipped: poses unknown")
         return None, model, data
     registration = register_translation(data, model, seed=config.seed)
     model = TranslatedModel(model, registration.offset_angstrom)
-    scale = estimate_scale(data, model, known, 500, config.seed, config.offset,
-                           config.contrast, config.noise_std)
+    scale = estimate_scale(data, model, known, 500, config.seed, config.data.offset,
+                           config.data.contrast, config.data.noise_std)
     return registration, model, dataclasses.replace(data, scale=scale)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryosip.pipeline.config import ReconstructConfig
+from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.outputs import (
     write_ensemble,
     write_figures,
@@ -52,7 +52,7 @@ def _image_pairs(result: ReconstructResult, n: int = 6) -> tuple[np.ndarray, np.
     """Observed images and clean images of the most likely particle for each (known poses)."""
     index = (result.data.heldout_index if len(result.data.heldout_index) >= n
              else result.data.train_index)[:n]
-    known = result.config.poses == "known"
+    known = result.config.data.poses == "known"
     obs = result.data.observations(index, with_nuisance=True)
     measure = result.flow.measure
     op = result.operator
@@ -89,14 +89,14 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     result = reconstruct(config, out_dir, resume=resume)
     positions, weights = result.flow.measure.to_numpy()
     history = _history(result)
-    method = f"flow-{config.discrepancy}{'-wfr' if config.wfr else ''}"
+    method = f"flow-{config.objective.kind}{'-wfr' if config.solver.wfr else ''}"
     write_ensemble(out_dir / "ensemble.npz", positions, weights, history, {
         "method": method,
         "status": result.flow.status.value, "train_index": result.data.train_index,
         "heldout_index": result.data.heldout_index,
         **{k: v for k, v in _scale_record(result).items() if k != "estimated"},
     })
-    known = config.poses == "known"
+    known = config.data.poses == "known"
     write_run_folder(out_dir, config, result.data, result.model, method=method,
                      prior=None if known else result.operator.prior)
     summary = summarise(result)
@@ -106,10 +106,12 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     if result.registration is not None:  # in the particles' frame, as the flow saw it
         output_model = TranslatedModel(output_model, result.registration.offset_angstrom)
     structures = write_structures(out_dir, output_model, positions, weights,
-                                  config.quantiles, stack.box_size, stack.pixel_size_angstrom)
+                                  config.outputs.quantiles, stack.box_size,
+                                  stack.pixel_size_angstrom)
     figures = write_figures(out_dir, result.model, positions, weights, history,
                             _image_pairs(result))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_config(config, out_dir / "config.yaml")  # --config RUN/config.yaml reruns it
     write_provenance(out_dir, config, config.seed, argv, started, scale=_scale_record(result),
                      registration=result.registration_record, warnings=list(result.warnings),
                      jax_devices=[str(d) for d in jax.devices()])
@@ -118,6 +120,6 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
                 "Structures at quantiles": {r["name"]: f"x = {r['x']}  ({r['pdb']}, {r['map']})"
                                             for r in structures},
                 "Open in ChimeraX": {"command": "chimerax chimerax.cxc (from the run folder)"}}
-    write_run_report(out_dir, f"cryosip reconstruction: {Path(config.particles).name}",
+    write_run_report(out_dir, f"cryosip reconstruction: {Path(config.data.particles).name}",
                      sections, figures)
     return result, summary
