@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cryosip.forward import ImageConfig
 from cryosip.pipeline.outputs import contour_level, write_structures
 from cryosip.structures.factory import load_model, load_output_model
 
@@ -55,7 +56,8 @@ def bead_run(tmp_path_factory):
     weights = rng.uniform(0.5, 1.5, size=40)
     weights /= weights.sum()
     output_model = load_output_model(BEADS)
-    records = write_structures(out, output_model, positions, weights, QUANTILES, BOX, PIXEL)
+    records = write_structures(out, output_model, positions, weights, QUANTILES,
+                               ImageConfig(BOX, PIXEL))
     return out, records, output_model, load_model(BEADS)
 
 
@@ -179,7 +181,7 @@ def test_chimerax_script_for_bead_models(tmp_path):
     model = load_output_model("hinge")
     positions = np.linspace(0.2, 0.8, 10)[:, None]
     records = write_structures(tmp_path, model, positions, np.full(10, 0.1), (0.25, 0.75),
-                               24, 3.0)
+                               ImageConfig(24, 3.0))
     commands = parse_cxc(tmp_path / "chimerax.cxc")
     for rec in records:
         volume, _, _ = read_mrc_raw(tmp_path / rec["map"])
@@ -198,7 +200,7 @@ def test_registered_output_model(tmp_path, bead_run):
     offset = np.array([6.0, -4.5, 2.0])
     moved = TranslatedModel(output_model, offset)
     (record,) = write_structures(tmp_path, moved, np.full((5, 1), 0.4), np.full(5, 0.2),
-                                 (0.5,), BOX, PIXEL)
+                                 (0.5,), ImageConfig(BOX, PIXEL))
     names, positions, z, _ = pdb_atoms(tmp_path / record["pdb"])
     np.testing.assert_array_equal(names, output_model.topology.atom_names)
     base = np.asarray(output_model.structure_at(jnp.array([0.4], jnp.float32))

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryosip import plotting
-from cryosip.forward import render_volume
+from cryosip.forward import ImageConfig, render_volume
 from cryosip.io import write_map
 from cryosip.pipeline.report import write_report
 from cryosip.provenance import atomic_savez, atomic_write_text
@@ -90,8 +90,10 @@ def contour_level(volume: np.ndarray, enclosed_fraction: float = 0.8) -> float:
 
 
 def write_structures(out_dir: Path, output_model, positions, weights, quantiles: Sequence[float],
-                     box_size: int, pixel_size_angstrom: float) -> list[dict[str, Any]]:
+                     geometry: ImageConfig) -> list[dict[str, Any]]:
     """PDB and MRC of ``output_model`` at the recovered quantiles, and ``chimerax.cxc``.
+
+    Maps are rendered at the data's box and pixel, ``geometry``.
 
     ``output_model`` has the fitted model's ``x`` (``load_output_model`` of its spec, wrapped
     by the caller if the run moved it); returns one record per structure (name, axis,
@@ -103,9 +105,9 @@ def write_structures(out_dir: Path, output_model, positions, weights, quantiles:
     for axis, q, x in _quantile_points(positions, weights, quantiles):
         name = f"x_{axis}_q{q:g}"
         write_pdb(output_model, x, out_dir / "structures" / f"{name}.pdb")
-        volume = np.asarray(render_volume(output_model.structure_at(jnp.asarray(x, jnp.float32)),
-                                          box_size, pixel_size_angstrom))
-        write_map(out_dir / "maps" / f"{name}.mrc", volume, pixel_size_angstrom)
+        atoms = output_model.structure_at(jnp.asarray(x, jnp.float32))
+        volume = np.asarray(render_volume(atoms, geometry.box_size, geometry.pixel_size_angstrom))
+        write_map(out_dir / "maps" / f"{name}.mrc", volume, geometry.pixel_size_angstrom)
         records.append({"name": name, "axis": axis, "quantile": q, "x": [float(v) for v in x],
                         "pdb": f"structures/{name}.pdb", "map": f"maps/{name}.mrc",
                         "level": contour_level(volume),
@@ -146,23 +148,22 @@ def _colour(records: Sequence[Mapping[str, Any]], record: Mapping[str, Any]) -> 
 
 
 def write_figures(out_dir: Path, model, positions, weights, history: Mapping[str, np.ndarray],
-                  image_pairs: tuple[np.ndarray, np.ndarray] | None,
-                  truth_sample: np.ndarray | None = None) -> list[tuple[Path, str]]:
+                  image_pairs: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[Path, str]]:
     """The run's PNG figures with their captions."""
     lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
     figures = []
     if positions.shape[1] == 1:
         bounds = (float(lower[0]), float(upper[0]))
         figures.append((plotting.plot_density_1d(out_dir / "density.png", positions, weights,
-                                                 bounds, truth_sample),
+                                                 bounds),
                         "recovered density over x (particles as a rug)"))
         figures.append((plotting.plot_free_energy(out_dir / "free_energy.png", positions,
-                                                  weights, bounds, truth_sample),
+                                                  weights, bounds),
                         "free-energy profile -kT log p(x)"))
     else:
         bounds = [(float(a), float(b)) for a, b in zip(lower[:2], upper[:2], strict=True)]
         figures.append((plotting.plot_density_2d(out_dir / "density.png", positions[:, :2],
-                                                 weights, bounds, truth_sample),
+                                                 weights, bounds),
                         "recovered density over (x0, x1)"))
     losses = np.asarray(history.get("losses", []))
     if losses.size > 1:

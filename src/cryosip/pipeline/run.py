@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryosip.forward import ImageConfig
 from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.outputs import (
     write_ensemble,
@@ -106,8 +107,8 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     if result.registration is not None:  # in the particles' frame, as the flow saw it
         output_model = TranslatedModel(output_model, result.registration.offset_angstrom)
     structures = write_structures(out_dir, output_model, positions, weights,
-                                  config.outputs.quantiles, stack.box_size,
-                                  stack.pixel_size_angstrom)
+                                  config.outputs.quantiles,
+                                  ImageConfig(stack.box_size, stack.pixel_size_angstrom))
     figures = write_figures(out_dir, result.model, positions, weights, history,
                             _image_pairs(result))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
