@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from cryosip.pipeline.config import parse_config
 
     check_output_folder(args.out, force=args.force)
-    data = {"particles": str(Path(args.particles).resolve()), "datadir": args.datadir,
+    data = {"particles": args.particles, "datadir": args.datadir,
             "pixel_size_angstrom": args.pixel_size, "poses": args.poses,
             "flow_box": args.flow_box or None, "noise_std": args.noise_std,
             "contrast": args.contrast}

@@ -155,37 +155,14 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[last] = value
 
 
-def _model_paths(spec, base: Path):
-    """A model spec with its file names made absolute from ``base`` (built-in names kept)."""
-    if isinstance(spec, str) and spec not in _BUILTIN and (base / spec).exists():
-        return str((base / spec).resolve())
-    if isinstance(spec, dict):
-        return {k: str((base / v).resolve()) if k in ("structure", "topology", "trajectory")
-                and isinstance(v, str) else v for k, v in spec.items()}
-    return spec
-
-
-def _absolute(raw: dict, base: Path) -> None:
-    """File names of ``data`` and ``model`` as absolute paths (relative ones from ``base``),
-    so the written ``config.yaml`` reruns from any folder."""
-    if "model" in raw:
-        raw["model"] = _model_paths(raw["model"], base)
-    data = raw.get("data")
-    if not isinstance(data, dict):
-        return
-    for key in ("particles", "datadir"):
-        if isinstance(data.get(key), str):
-            data[key] = str((base / data[key]).resolve())
-
-
 def merged_config(args: argparse.Namespace):
     """The config of ``--config`` with the flags given on the command line applied on top."""
-    from cryosip.pipeline.config import parse_config, read_yaml
+    from cryosip.pipeline.config import absolute_paths, parse_config, read_yaml
 
     raw, source = {}, "command line"
-    if args.config is not None:
-        raw, source = read_yaml(args.config), str(args.config)
-        _absolute(raw, Path(args.config).parent)
+    if args.config is not None:  # its file names are relative to its folder
+        source = str(args.config)
+        raw = absolute_paths(read_yaml(args.config), Path(args.config).parent)
     given: dict[str, str] = {}
     objective = raw.get("objective") if isinstance(raw.get("objective"), dict) else {}
     if args.discrepancy is not None and objective.get("kind", "kl") != args.discrepancy:
@@ -201,11 +178,10 @@ def merged_config(args: argparse.Namespace):
         flags["flow_box"] = None
     for dest, value in flags.items():
         dotted, flag = FLAGS[dest]
-        value = str(Path(value).resolve()) if dest in ("particles", "datadir") else value
         _set(raw, dotted, value)
         given[dotted] = flag
     if args.model is not None or args.coarse is not None or args.align_frames:
-        raw["model"] = _model_paths(_model_spec(args), Path())
+        raw["model"] = _model_spec(args)
         given["model"] = "--model"
     if not isinstance(raw.get("data"), dict) or "particles" not in raw["data"]:
         raise InputError("command line", "--particles", "a particle file (or data.particles "

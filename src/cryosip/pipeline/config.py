@@ -34,8 +34,8 @@ from cryosip.errors import InputError, from_validation, read_yaml
 from cryosip.flows import SolverConfig
 
 __all__ = ["DataSection", "KLSection", "LoopSection", "MMDSection", "OutputsSection",
-           "ReconstructConfig", "SolverSection", "load_config", "parse_config", "read_yaml",
-           "write_config"]
+           "ReconstructConfig", "SolverSection", "absolute_paths", "load_config",
+           "parse_config", "read_yaml", "write_config"]
 
 
 class _Section(BaseModel):
@@ -184,15 +184,42 @@ def parse_config(raw: Any, source: str = "config",
         raise InputError(source, key or None, plain.expected, plain.found) from None
 
 
+_BUILTIN_MODELS = ("adk-path", "adk-domains", "hinge")
+_MODEL_FILE_KEYS = ("structure", "topology", "trajectory")
+
+
+def _model_paths(spec, base: Path):
+    if isinstance(spec, str) and spec not in _BUILTIN_MODELS and (base / spec).exists():
+        return str((base / spec).resolve())
+    if isinstance(spec, dict):
+        return {k: str((base / v).resolve()) if k in _MODEL_FILE_KEYS and isinstance(v, str)
+                else v for k, v in spec.items()}
+    return spec
+
+
+def absolute_paths(raw: dict, base: Path) -> dict:
+    """A config mapping with the file names of ``data`` (particles, datadir) and ``model``
+    made absolute, relative ones taken from ``base`` (built-in model names kept)."""
+    raw = dict(raw)
+    if "model" in raw:
+        raw["model"] = _model_paths(raw["model"], base)
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = {k: str((base / v).resolve()) if k in ("particles", "datadir")
+                       and isinstance(v, str) else v for k, v in raw["data"].items()}
+    return raw
+
+
 def load_config(path: str | Path) -> ReconstructConfig:
     """Read and validate a YAML config (as written to a run folder by :func:`write_config`)."""
     return parse_config(read_yaml(path), str(path))
 
 
 def write_config(config: ReconstructConfig, path: str | Path) -> Path:
-    """Write the resolved ``config`` as YAML; :func:`load_config` reads back an equal one."""
+    """Write the resolved ``config`` as YAML, file names made absolute (from the current
+    folder) so that it reruns from anywhere; :func:`load_config` reads it back."""
     from cryosip.provenance import atomic_write_text
 
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    raw = absolute_paths(config.model_dump(mode="json"), Path.cwd())
+    text = yaml.safe_dump(raw, sort_keys=False)
     atomic_write_text(Path(path), text)
     return Path(path)
