@@ -137,8 +137,12 @@ def _keys(key, step):
     return jax.random.split(jax.random.fold_in(key, step))
 
 
+# PLR0913 on the three chunk functions below: they are the jitted body of one chunk, whose
+# arguments are traced (state, key, start) or static (n_steps, batch_size) one by one; a
+# container would have to be split again for equinox's filter.
 @eqx.filter_jit
-def _advance(solver, objective, observations, state, key, start, n_steps, batch_size):
+def _advance(solver, objective, observations, state, key, start, n_steps,  # noqa: PLR0913
+             batch_size):
     def body(state, step):
         k_batch, k_step = _keys(key, step)
         batch = _minibatch(observations, k_batch, batch_size)
@@ -148,7 +152,7 @@ def _advance(solver, objective, observations, state, key, start, n_steps, batch_
 
 
 @eqx.filter_jit
-def _advance_batches(solver, objective, batches, state, key, start, n_steps):
+def _advance_batches(solver, objective, batches, state, key, start, n_steps):  # noqa: PLR0913
     def body(state, inputs):
         step, batch = inputs
         return solver.step(state, objective, batch, _keys(key, step)[1], step)
@@ -166,7 +170,7 @@ def _read_chunk(source: ObservationSource, key, start: int, n_steps: int,
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
 
 
-def _chunk(solver, objective, observations, state, key, step, n, batch_size):
+def _chunk(solver, objective, observations, state, key, step, n, batch_size):  # noqa: PLR0913
     if isinstance(observations, Observations):
         return _advance(solver, objective, observations, state, key, jnp.asarray(step), n,
                         batch_size)
@@ -194,7 +198,9 @@ def _progress(config: FlowConfig, start: int):
                 desc="flow", unit="step")
 
 
-def run_flow(
+# PLR0913: six inputs of the flow; callbacks, checkpointer and resume are optional hooks of
+# the loop with defaults (as in diffrax.diffeqsolve), not more numbers to pass.
+def run_flow(  # noqa: PLR0913
     solver,
     objective: Callable,
     measure: ParticleMeasure,
