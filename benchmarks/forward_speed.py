@@ -184,7 +184,7 @@ def projection_calls(atoms, cfg, window, w) -> tuple[dict, float]:
     return calls, 2.0 * e * e * n * batch
 
 
-def bench_case(name, atoms, box, pixel, batch, methods, rounds, repeats) -> dict:
+def bench_case(name, atoms, box, pixel, batch, methods, rounds, repeats) -> dict:  # noqa: PLR0913 - one benchmark case: structure, geometry and repeat counts
     import cryojax.simulator as cxs
 
     cfg = ImageConfig(box, pixel)

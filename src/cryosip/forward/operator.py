@@ -57,7 +57,7 @@ class CryoEMOperator(AbstractRandomOperator):
     window_pixels: int | None = eqx.field(static=True)
     footprint_pixels: int | None = eqx.field(static=True)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the operator's physical parts plus two window options
         self,
         model: AbstractConformationModel,
         image_config: ImageConfig,

@@ -65,7 +65,7 @@ class ImageNuisance(AbstractPose):
             self.optics_group = jnp.zeros(jnp.shape(self.euler_deg)[:-1], dtype=jnp.int32)
 
     @classmethod
-    def create(
+    def create(  # noqa: PLR0913 - one keyword per nuisance field, each with its default
         cls,
         euler_deg,
         shift_angstrom=None,

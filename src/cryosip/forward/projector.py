@@ -253,7 +253,7 @@ class GaussianProjector(AbstractProjector):
         return diff / (4.0 * config.pixel_size_angstrom**2)
 
 
-def _footprints(xy, amplitudes, widths, config, first, n_pixels: int, k: int):
+def _footprints(xy, amplitudes, widths, config, first, n_pixels: int, k: int):  # noqa: PLR0913 - the projector's arguments plus the footprint geometry, on the hot path
     """Pixels ``first + [0, n_pixels)`` per axis as a scatter-add of per-atom footprints.
 
     Atom ``j``'s footprint starts ``k // 2`` pixels before the pixel holding it. Footprints

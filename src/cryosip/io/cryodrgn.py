@@ -117,7 +117,8 @@ def read_cryodrgn_poses(path: str | os.PathLike, *, box_size: int,
     return conventions.cryodrgn_to_relion_pose(rot, trans, box_size, pixel_size_angstrom)
 
 
-def write_cryodrgn_ctf(path: str | os.PathLike, *, box_size: int, pixel_size_angstrom: float,
+def write_cryodrgn_ctf(  # noqa: PLR0913 - one keyword per column of cryoDRGN's CTF array
+        path: str | os.PathLike, *, box_size: int, pixel_size_angstrom: float,
                        defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_deg,
                        voltage_kv: float, cs_mm: float, amplitude_contrast: float,
                        phase_shift_deg=0.0) -> None:

@@ -181,7 +181,8 @@ def _reference_images(operator: CryoEMOperator, nuisance: ImageNuisance,
     return np.concatenate(parts)
 
 
-def estimate_scale(data: PreparedData, model: AbstractConformationModel, known_poses: bool,
+def estimate_scale(  # noqa: PLR0913 - offset, contrast and noise are each fixed or estimated
+        data: PreparedData, model: AbstractConformationModel, known_poses: bool,
                    n_images: int, seed: int, offset=None, contrast=None, noise_std=None,
                    n_grid: int = 12) -> DataScale:
     """Offset, contrast and noise of the training images (given values are kept)."""
@@ -221,7 +222,8 @@ def _empirical_prior_draws(data: PreparedData, rng: np.random.Generator, n: int)
                        (euler, jnp.zeros_like(w.shift_angstrom)))
 
 
-def prepare_data(stack: ParticleStack, model: AbstractConformationModel, *, known_poses: bool,
+def prepare_data(  # noqa: PLR0913 - keyword-only; offset, contrast, noise each fixed or estimated
+        stack: ParticleStack, model: AbstractConformationModel, *, known_poses: bool,
                  flow_box: int | None, heldout_fraction: float, seed: int,
                  n_scale_images: int = 500, offset=None, contrast=None, noise_std=None,
                  ) -> PreparedData:

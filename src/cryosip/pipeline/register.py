@@ -195,7 +195,8 @@ def _newton_step(corr: ShiftCorrelations, t, a, sigma, log_pi) -> np.ndarray:
     return step if norm <= corr.pixel else step * corr.pixel / norm
 
 
-def refine(corr: ShiftCorrelations, t0, sigma: float, a0: float, log_pi0=None,
+def refine(  # noqa: PLR0913 - the starting point (t, a, pi) and the two stopping numbers
+        corr: ShiftCorrelations, t0, sigma: float, a0: float, log_pi0=None,
            n_iter: int = 30, tol_angstrom: float = 1e-3):
     """EM on ``(a, pi)`` alternating with Newton steps on ``t``: ``(t, a, log_pi, ell)``."""
     k = corr.power.shape[1]

@@ -58,7 +58,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_density_1d(path: str | Path, positions: np.ndarray, weights: np.ndarray,
+def plot_density_1d(  # noqa: PLR0913 - the measure, its box and the optional truth to overlay
+        path: str | Path, positions: np.ndarray, weights: np.ndarray,
                     bounds: tuple[float, float], truth_sample: np.ndarray | None = None,
                     xlabel: str = "conformation x", truth_density=None) -> Path:
     """Recovered density over a 1-D conformation space, particles as a rug, truth dashed."""

@@ -38,7 +38,7 @@ class HingeModel(AbstractConformationModel):
     lower: Float[Array, " dim"]
     upper: Float[Array, " dim"]
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the toy's geometric parameters, each with a default
         self, n_beads: int = 24, arm_length_angstrom: float = 20.0,
         blob_radius_angstrom: float = 5.0, width_angstrom: float = 2.0,
         angle_min_deg: float = 40.0, angle_max_deg: float = 160.0, seed: int = 0,

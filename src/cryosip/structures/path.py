@@ -67,7 +67,7 @@ class PathModel(AbstractConformationModel):
         return frame / (self.n_frames - 1)
 
     @classmethod
-    def from_frames(
+    def from_frames(  # noqa: PLR0913 - frames, per-atom arrays, then keyword-only options
         cls,
         frames: Float[np.ndarray, "n_frames n_atoms 3"],
         amplitudes: Float[np.ndarray, " n_atoms"],
@@ -106,7 +106,7 @@ class PathModel(AbstractConformationModel):
         )
 
     @classmethod
-    def from_files(
+    def from_files(  # noqa: PLR0913 - two files, then the model spec's keyword-only options
         cls, topology: str, trajectory: str, *, select: str = "all", hydrogens: bool = True,
         interpolation: Interpolation = "cubic", coarse: str | None = None, align: bool = False,
     ) -> PathModel:
