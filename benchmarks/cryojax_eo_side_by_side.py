@@ -121,12 +121,12 @@ def cryosip_side(data: Path):
 
     from cryosip.baselines import Reweighting, log_likelihood_matrix, trajectory_support
     from cryosip.datasets.config import load_simulate_config
-    from cryosip.datasets.simulate import build_operator
+    from cryosip.datasets.simulate import simulation_operator
     from cryosip.io.particles import read_particles
     from cryosip.operators import Observations
 
     truth = np.load(data / "truth.npz")
-    op = build_operator(load_simulate_config(data / "config.yaml"))
+    op = simulation_operator(load_simulate_config(data / "config.yaml"))
     op = type(op)(op.model, op.image_config, op.optics, op.prior, float(truth["noise_std"]))
     t0 = time.perf_counter()
     stack = read_particles(data / "particles.star")

@@ -7,8 +7,8 @@ captures file descriptors 1 and 2, so output from C libraries counts, and warnin
 log records at WARNING or above count as stderr lines too (a real run prints them).
 
 Nothing here may start a flow: an autouse fixture replaces the first heavy step of every
-command (``prepare_data``, ``run_toy``, ``run_demo``, simulate's ``build_operator``) by one that
-raises :class:`InputsAccepted`, so a broken input that slips past the checks fails its
+command (``prepare_data``, ``run_toy``, ``run_demo``, simulate's ``simulation_operator``) by
+one that raises :class:`InputsAccepted`, so a broken input that slips past the checks fails its
 test at once instead of running. ``test_control_reaches_the_work`` shows that the valid
 data set does get that far.
 
@@ -49,7 +49,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr("cryosip.pipeline.baseline.prepare_data", accepted)
     monkeypatch.setattr("cryosip.pipeline.demo.run_demo", accepted)
     monkeypatch.setattr("cryosip.problems.runner.run_toy", accepted)
-    monkeypatch.setattr("cryosip.datasets.simulate.build_operator", accepted)
+    monkeypatch.setattr("cryosip.datasets.simulate.simulation_operator", accepted)
 
 
 # --------------------------------------------------------------------------- data set

@@ -260,7 +260,7 @@ def test_two_group_star_runs_end_to_end(tmp_path, capsys):
     spec = {"model": "hinge", "truth": [{"kind": "gaussian", "weight": 1.0, "mean": [0.4],
                                          "std": [0.1]}],
             "n_images": 48, "box_size": 32, "pixel_size_angstrom": 2.0, "snr": 0.5,
-            "defocus_angstrom": [10000, 20000], "seed": 3, "batch_size": 48}
+            "defocus_angstrom": [10000, 20000], "seed": 3, "render_batch_size": 48}
     data = tmp_path / "data"
     simulate_dataset(parse_simulate_config(spec), data, progress=False)
     blocks = starfile.read(data / "particles.star", always_dict=True)

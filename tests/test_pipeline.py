@@ -24,7 +24,7 @@ HINGE = {
               {"kind": "gaussian", "weight": 0.3, "mean": [0.8], "std": [0.06]}],
     "n_images": 96, "box_size": 32, "pixel_size_angstrom": 2.0, "snr": 0.5,
     "defocus_angstrom": [10000, 20000], "shift_std_angstrom": 0.0, "seed": 3,
-    "batch_size": 48,
+    "render_batch_size": 48,
 }
 
 

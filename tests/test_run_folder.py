@@ -28,7 +28,7 @@ HINGE = {"model": "hinge",
          "truth": [{"kind": "gaussian", "weight": 0.7, "mean": [0.25], "std": [0.08]},
                    {"kind": "gaussian", "weight": 0.3, "mean": [0.8], "std": [0.06]}],
          "n_images": 160, "box_size": 32, "pixel_size_angstrom": 2.0, "snr": 0.5,
-         "defocus_angstrom": [10000, 20000], "seed": 3, "batch_size": 80}
+         "defocus_angstrom": [10000, 20000], "seed": 3, "render_batch_size": 80}
 FLOW = ["--steps", "3", "--n-particles", "8", "--batch-size", "16", "--flow-box", "16",
         "--no-progress"]
 

@@ -14,10 +14,10 @@ import yaml
 
 from cryosip.datasets import (
     TruthMixture,
-    build_operator,
     load_simulate_config,
     parse_simulate_config,
     simulate_dataset,
+    simulation_operator,
 )
 from cryosip.errors import InputError
 from cryosip.forward import noise_std_for_snr
@@ -46,7 +46,7 @@ TINY = {
               {"kind": "beta", "weight": 0.5, "a": [8.0], "b": [2.0]}],
     "n_images": 10, "box_size": 16, "pixel_size_angstrom": 3.0, "snr": 0.5,
     "defocus_angstrom": [10000, 20000], "astigmatism_angstrom": 500.0,
-    "shift_std_angstrom": 2.0, "seed": 3, "batch_size": 4,
+    "shift_std_angstrom": 2.0, "seed": 3, "render_batch_size": 4,
 }
 
 
@@ -69,10 +69,42 @@ def test_issue_config_parses_as_is(tmp_path):
     assert cfg.defocus_angstrom == (10000.0, 25000.0)
 
 
-@pytest.mark.parametrize("path", ["examples/adk_bimodal.yaml", "src/cryosip/data/hinge_tiny.yaml"])
+SHIPPED = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("examples/*.yaml"),
+                                                     *ROOT.glob("src/cryosip/data/*.yaml")])
+
+
+@pytest.mark.parametrize("path", SHIPPED)
 def test_shipped_configs_parse(path):
+    """Every shipped simulate config parses with the current key names (none is stale)."""
     cfg = load_simulate_config(ROOT / path)
     assert cfg.n_images > 0
+    assert "render_batch_size" in yaml.safe_load((ROOT / path).read_text())
+
+
+@pytest.mark.parametrize(("old", "new", "value"), [("poses", "pose_distribution", "identity"),
+                                                   ("batch_size", "render_batch_size", 4)])
+def test_renamed_keys_are_refused_with_the_new_name(tmp_path, old, new, value, capfd, cli_main):
+    """Issue 10: simulate's ``poses``/``batch_size`` meant other things than reconstruct's;
+    an old config gets one line naming the new key, from the library and from the CLI."""
+    with pytest.raises(InputError) as err:
+        tiny(**{old: value})
+    assert (err.value.field, err.value.expected) == (old, f"a known key (renamed {new})")
+    assert str(err.value) == (f"config: field {old}: expected a known key (renamed {new}), "
+                              f"found '{old}'")
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump({**TINY, old: value}))
+    assert cli_main(["simulate", "--config", str(config), "--out", str(tmp_path / "d")]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"renamed {new}" in lines[0] and str(config) in lines[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_pose_distribution_identity_renders_unrotated_poses(tmp_path):
+    """``pose_distribution: identity`` reaches the prior: every Euler angle is zero."""
+    simulate_dataset(tiny(pose_distribution="identity", n_images=3), tmp_path / "d",
+                     progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "d" / "truth.npz")["euler_deg"],
+                                  np.zeros((3, 3)))
 
 
 def test_outputs_and_truth(dataset):
@@ -106,7 +138,7 @@ def test_noise_level_matches_snr_definition(dataset):
     truth = np.load(out / "truth.npz")
     stack = read_particles(out / "particles.star")
     render = eqx.filter_jit(lambda op, x, w: op.clean_paired(x, w))
-    clean = render(build_operator(tiny()), jnp.asarray(truth["x"]), stack.nuisance)
+    clean = render(simulation_operator(tiny()), jnp.asarray(truth["x"]), stack.nuisance)
     np.testing.assert_allclose(float(truth["noise_std"]), float(noise_std_for_snr(clean, 0.5)),
                                rtol=1e-4)
     np.testing.assert_allclose(float(truth["snr"]), 0.5, rtol=1e-6)
@@ -115,9 +147,9 @@ def test_noise_level_matches_snr_definition(dataset):
     np.testing.assert_allclose(resid.std() / float(truth["noise_std"]), 1.0, atol=5 * se)
 
 
-def test_results_do_not_depend_on_batch_size(dataset, tmp_path):
+def test_results_do_not_depend_on_render_batch_size(dataset, tmp_path):
     out, _ = dataset
-    simulate_dataset(tiny(batch_size=10), tmp_path / "b10", progress=False)
+    simulate_dataset(tiny(render_batch_size=10), tmp_path / "b10", progress=False)
     a = mrcfile.read(out / "particles.mrcs")
     b = mrcfile.read(tmp_path / "b10" / "particles.mrcs")
     np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max())
@@ -168,7 +200,8 @@ def test_cli_simulate_in_process(tmp_path, capsys, cli_main):
 
 def test_two_dimensional_model(tmp_path):
     """AdK domains (per-residue beads): x of shape (n, 2) inside the box, a 2-D reference."""
-    cfg = tiny(model={"name": "adk-domains", "coarse": "residue"}, n_images=4, batch_size=4,
+    cfg = tiny(model={"name": "adk-domains", "coarse": "residue"}, n_images=4,
+               render_batch_size=4,
                truth=[{"kind": "gaussian", "mean": [0.2, 0.8], "std": [0.1, 0.1]}])
     simulate_dataset(cfg, tmp_path / "d", progress=False)
     truth = np.load(tmp_path / "d" / "truth.npz")

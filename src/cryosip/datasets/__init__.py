@@ -6,7 +6,7 @@ from cryosip.datasets.config import (
     load_simulate_config,
     parse_simulate_config,
 )
-from cryosip.datasets.simulate import SimulationResult, build_operator, simulate_dataset
+from cryosip.datasets.simulate import SimulationResult, simulate_dataset, simulation_operator
 from cryosip.problems.truth import (
     BetaComponent,
     GaussianComponent,
@@ -22,7 +22,7 @@ __all__ = [
     "SimulationResult",
     "TruthMixture",
     "UniformComponent",
-    "build_operator",
+    "simulation_operator",
     "load_simulate_config",
     "parse_simulate_config",
     "simulate_dataset",

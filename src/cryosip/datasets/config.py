@@ -15,11 +15,16 @@ Keys (units in the names; defaults in brackets)::
     defocus_angstrom: [10000, 25000]   # mean defocus ~ U(lo, hi)
     astigmatism_angstrom: 0.0  # d_U - d_V [0]
     shift_std_angstrom: 0.0    # in-plane shift ~ N(0, s^2 I) [0]
-    poses: uniform             # uniform on SO(3) | identity [uniform]
+    pose_distribution: uniform # uniform on SO(3) | identity [uniform]
     optics: {voltage_kv: 300, cs_mm: 2.7, amplitude_contrast: 0.1,
              b_factor_angstrom2: 0, contrast_sign: 1}
     seed: 0
-    batch_size: 256            # images rendered per batch (results do not depend on it)
+    render_batch_size: 256     # images rendered per batch (results do not depend on it)
+
+Two keys were renamed so that one name has one meaning across commands (``poses`` is
+reconstruct's known/unknown switch, ``batch_size`` its minibatch of the flow): ``poses`` is
+now ``pose_distribution`` and ``batch_size`` is ``render_batch_size``; an old key is refused
+with an error naming the new one.
 
 >>> cfg = SimulateConfig.model_validate({"model": "hinge",
 ...     "truth": [{"kind": "uniform", "low": [0.0], "high": [1.0]}],
@@ -53,6 +58,9 @@ from cryosip.structures.factory import BuiltinModelSpec, FileModelSpec, parse_mo
 __all__ = ["OpticsConfig", "SimulateConfig", "load_simulate_config"]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+RENAMED = {"poses": "pose_distribution", "batch_size": "render_batch_size"}
+"""Keys of older simulate configs and their new names (refused with the new name)."""
 
 
 class _Problem(ValueError):
@@ -88,10 +96,19 @@ class SimulateConfig(BaseModel):
     defocus_angstrom: tuple[PositiveFloat, PositiveFloat] = (10000.0, 25000.0)
     astigmatism_angstrom: NonNegativeFloat = 0.0
     shift_std_angstrom: NonNegativeFloat = 0.0
-    poses: Literal["uniform", "identity"] = "uniform"
+    pose_distribution: Literal["uniform", "identity"] = "uniform"
     optics: OpticsConfig = OpticsConfig()
     seed: int = 0
-    batch_size: PositiveInt = 256
+    render_batch_size: PositiveInt = 256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any):
+        if isinstance(data, dict):
+            for old, new in RENAMED.items():
+                if old in data:
+                    raise _Problem(old, f"a known key (renamed {new})", repr(old))
+        return data
 
     @field_validator("model", mode="before")
     @classmethod

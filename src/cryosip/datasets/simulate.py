@@ -3,8 +3,9 @@ r"""Synthetic particle data sets with their ground truth: :func:`simulate_datase
 For ``n`` images: ``x_i ~ truth`` (numpy stream ``"truth"`` of :mod:`cryosip.seeds`),
 nuisance ``w_i ~ NuisancePrior`` and noise ``eps_i`` from the JAX key
 ``fold_in(jax_key(seed, "images"), i)`` (split in two), so every image depends on
-``(seed, i)`` only: results do not depend on ``batch_size``. Clean images ``G(x_i, w_i)``
-come from ``CryoEMOperator.clean_paired`` in batches written to a memory-mapped stack; then
+``(seed, i)`` only: results do not depend on ``render_batch_size``. Clean images
+``G(x_i, w_i)`` come from ``CryoEMOperator.clean_paired`` in batches written to a
+memory-mapped stack; then
 
 .. math:: \sigma = \sqrt{\tfrac1n \textstyle\sum_i \mathrm{Var}_{box}(G_i) / \mathrm{SNR}}
 
@@ -46,7 +47,7 @@ from cryosip.provenance import utc_now, write_provenance
 from cryosip.seeds import jax_key, numpy_rng
 from cryosip.structures.factory import load_model
 
-__all__ = ["REFERENCE_SIZE", "SimulationResult", "build_operator", "simulate_dataset"]
+__all__ = ["REFERENCE_SIZE", "SimulationResult", "simulation_operator", "simulate_dataset"]
 
 REFERENCE_SIZE = 100_000
 """Size of the reference sample of the truth stored as ``reference_x``."""
@@ -63,13 +64,17 @@ class SimulationResult:
     wall_time_s: float
 
 
-def build_operator(config: SimulateConfig, base_dir: str | os.PathLike = ".") -> CryoEMOperator:
-    """The forward operator of a config (``noise_std`` = 0 until the noise is set)."""
+def simulation_operator(config: SimulateConfig,
+                        base_dir: str | os.PathLike = ".") -> CryoEMOperator:
+    """The forward operator that renders a simulate config's images (its model, optics and
+    nuisance prior; ``noise_std`` = 0 until the noise is set). Not
+    :func:`cryosip.pipeline.reconstruct.build_operator`, which builds the flow's operator
+    from prepared particle data."""
     o = config.optics
     optics = Optics(o.voltage_kv, o.cs_mm, o.amplitude_contrast, o.b_factor_angstrom2,
                     float(o.contrast_sign))
     prior = NuisancePrior(tuple(config.defocus_angstrom), config.astigmatism_angstrom,
-                          config.shift_std_angstrom, config.poses)
+                          config.shift_std_angstrom, config.pose_distribution)
     image = ImageConfig(config.box_size, config.pixel_size_angstrom)
     return CryoEMOperator(load_model(config.model, base_dir), image, optics, prior, 0.0)
 
@@ -112,7 +117,7 @@ def _padded(index: np.ndarray, size: int) -> np.ndarray:
 
 
 def _render_all(op, config, x, nuisance, stack, progress) -> np.ndarray:
-    n, size = config.n_images, min(config.batch_size, config.n_images)
+    n, size = config.n_images, min(config.render_batch_size, config.n_images)
     variances = np.empty(n)
     for start in _batches(n, size, progress, "render"):
         idx = np.arange(start, min(start + size, n))
@@ -124,7 +129,7 @@ def _render_all(op, config, x, nuisance, stack, progress) -> np.ndarray:
 
 
 def _add_noise(config, keys, stack, noise_std, progress) -> None:
-    n, size = config.n_images, min(config.batch_size, config.n_images)
+    n, size = config.n_images, min(config.render_batch_size, config.n_images)
     for start in _batches(n, size, progress, "noise"):
         idx = np.arange(start, min(start + size, n))
         eps = np.asarray(_noise(keys[jnp.asarray(_padded(idx, size)), 1], config.box_size))
@@ -140,7 +145,7 @@ def simulate_dataset(  # noqa: PLR0913 (the entry function: one config, keyword-
     ``source`` names the config in errors."""
     started, t0 = utc_now(), time.perf_counter()
     out_dir = check_output_folder(out_dir, force=force)
-    op = build_operator(config, base_dir)
+    op = simulation_operator(config, base_dir)
     try:
         truth = TruthMixture(config.truth, np.asarray(op.model.lower),
                              np.asarray(op.model.upper))
