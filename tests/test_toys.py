@@ -80,3 +80,20 @@ def test_toy_b_conditional_mmd_recovers_the_2d_law():
     run = run_toy(ToyRunConfig(problem="b", discrepancy="mmd", wfr=True,
                                **{**SMALL, "n_obs": 1000}))
     assert run.w2 < 0.5 * run.w2_init, run.summary()
+
+
+@pytest.mark.parametrize(("discrepancy", "given", "per_step", "objective_draws"), [
+    ("mmd", None, 800, 8),    # the default: 8 per particle for 100 particles, as before
+    ("mmd", 250, 250, 2),     # 250 // 100
+    ("mmd", 30, 30, 1),       # at least one per particle
+    ("kl", None, 64, 64),     # KL's importance sampling uses them all, shared by particles
+    ("kl", 16, 16, 16),
+])
+def test_n_draws_is_per_step_as_in_reconstruct(discrepancy, given, per_step, objective_draws):
+    """Issue 10: the toys' ``n_draws`` counts draws per step, shared out as
+    ``max(1, n_draws // n_particles)`` per particle for MMD (reconstruct's rule)."""
+    from cryosip.problems.runner import _objective
+
+    config = ToyRunConfig(discrepancy=discrepancy, n_draws=given, n_particles=100)
+    assert config.n_draws == per_step
+    assert _objective(make_toy("a", 50, 0), config).n_draws == objective_draws

@@ -20,7 +20,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
 from cryosip.discrepancies import MultiGaussianKernel, median_bandwidth
@@ -38,11 +38,23 @@ from cryosip.metrics import finite_sample_floors, wasserstein_1d_to_quantile, wa
 from cryosip.problems.toys import ToyProblem, make_toy
 from cryosip.seeds import jax_key, numpy_rng
 
-__all__ = ["ToyRun", "ToyRunConfig", "default_solver_config", "initial_measure", "run_toy"]
+__all__ = ["DEFAULT_N_DRAWS", "ToyRun", "ToyRunConfig", "default_solver_config",
+           "initial_measure", "run_toy"]
+
+DEFAULT_N_DRAWS = {"mmd": 800, "kl": 64}
+"""Nuisance draws per step when ``n_draws`` is not given: MMD 800 (8 per particle for the
+default 100 particles), KL 64 (shared by all particles), the toys' numbers before
+``n_draws`` meant per step (issue 10)."""
 
 
 class ToyRunConfig(BaseModel):
-    """One toy run; ``solver=None`` takes :func:`default_solver_config`."""
+    """One toy run; ``solver=None`` takes :func:`default_solver_config`.
+
+    ``n_draws`` is nuisance draws per step, as reconstruct's ``objective.n_draws``: KL's
+    importance sampling uses them all, shared by every particle; MMD shares them out as
+    ``max(1, n_draws // n_particles)`` per particle. Not given: :data:`DEFAULT_N_DRAWS` of
+    the discrepancy.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,10 +67,18 @@ class ToyRunConfig(BaseModel):
     seed: int = 0
     init: Literal["moments", "wrong_mode"] = "moments"
     batch_size: int | None = Field(1000, ge=1)
-    n_draws: int = Field(8, ge=1)
+    n_draws: int = Field(None, ge=1)  # None: DEFAULT_N_DRAWS[discrepancy] (filled below)
     floor_repeats: int = Field(30, ge=2)
     solver: SolverConfig | None = None
     progress: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_draws(cls, data):
+        if isinstance(data, dict) and data.get("n_draws") is None:
+            kind = str(data.get("discrepancy", "mmd"))
+            data = {**data, "n_draws": DEFAULT_N_DRAWS.get(kind, DEFAULT_N_DRAWS["mmd"])}
+        return data
 
 
 def default_solver_config(discrepancy: str, wfr: bool, steps: int) -> SolverConfig:
@@ -129,10 +149,11 @@ def initial_measure(problem: ToyProblem, n_particles: int, init: str,
 
 def _objective(problem: ToyProblem, config: ToyRunConfig):
     if config.discrepancy == "kl":
-        return KLObjective(problem.operator, n_draws=64)
+        return KLObjective(problem.operator, n_draws=config.n_draws)
     h = float(median_bandwidth(problem.observations.values))
     kernel = MultiGaussianKernel(h * jnp.array([0.125, 0.25, 0.5, 1.0]))
-    return MMDObjective(problem.operator, kernel, n_draws=config.n_draws)
+    per_particle = max(1, config.n_draws // config.n_particles)  # n_draws is per step
+    return MMDObjective(problem.operator, kernel, n_draws=per_particle)
 
 
 def _reference(problem: ToyProblem, seed: int) -> np.ndarray:
