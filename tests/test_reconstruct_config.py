@@ -66,7 +66,7 @@ def test_another_discrepancy_on_the_command_line_keeps_only_the_draws(tmp_path):
 @pytest.mark.parametrize("text, field, found", [
     (YAML.replace("n_particles", "n_partcles"), "solver.n_partcles", "'n_partcles'"),
     (YAML.replace("bandwidth: 2.0", "bandwidth: -1"), "objective.bandwidth", "-1"),
-    (YAML.replace("kind: mmd", "kind: wasserstein"), "objective", None),
+    (YAML.replace("kind: mmd", "kind: wasserstein"), "objective.kind", "'wasserstein'"),
     (YAML + "data_x: 1\n", "data_x", "'data_x'"),
     (YAML.replace("kind: mmd, ", "").replace(", bandwidth: 2.0", ""), None, None),  # KL
     ("- just\n- a list\n", None, "list"),

@@ -85,7 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
     p.add_argument("--register", choices=["none", "translation"], default=None,
                    help="estimate the model's 3-D offset from the images before the flow "
                         "(known poses; default translation)")
-    p.add_argument("--discrepancy", choices=["kl", "mmd"], default=None, help="default kl")
+    p.add_argument("--discrepancy", default=None,
+                   help="kl | mmd | a registered sample discrepancy (docs/extending.md; "
+                        "default kl)")
     p.add_argument("--n-particles", type=int, default=None, help="default 32")
     p.add_argument("--steps", type=int, default=None, help="default 300")
     p.add_argument("--step-size", type=float, default=None,

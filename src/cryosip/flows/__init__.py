@@ -3,7 +3,7 @@
 from cryosip.flows.builder import FlowProblem, build_solver, fit_measure
 from cryosip.flows.config import FlowConfig, SolverConfig
 from cryosip.flows.domains import Domain
-from cryosip.flows.objectives import KLObjective, MMDObjective, full_gradient
+from cryosip.flows.objectives import KLObjective, MMDObjective, SampleObjective, full_gradient
 from cryosip.flows.run import Checkpointer, FlowResult, FlowStatus, run_flow
 from cryosip.flows.solvers import (
     FlowState,
@@ -23,6 +23,7 @@ __all__ = [
     "FlowStatus",
     "KLObjective",
     "MMDObjective",
+    "SampleObjective",
     "SolverConfig",
     "WassersteinFisherRao",
     "WassersteinFlow",

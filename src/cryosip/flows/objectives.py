@@ -16,6 +16,11 @@ gradient over the whole data set is the sum over minibatches ``k`` of
 * :class:`KLObjective`: ``-mean_n log sum_i w_i p(y_n|x_i)`` with
   ``operator.log_likelihood_grid`` (known nuisance) or
   ``operator.log_marginal_likelihood_grid`` (unknown nuisance).
+* :class:`SampleObjective`: any :class:`~cryosip.discrepancies.AbstractSampleDiscrepancy`
+  (a registered name, ``docs/extending.md``) between ``n_draws`` noisy simulations per
+  particle, weighted ``w_i / n_draws``, and the batch, weighted ``1 / B``. Nuisances come
+  from the prior (unknown) or are drawn uniformly from the batch's own (known: the
+  push-forward under the data's empirical nuisance distribution).
 
 The same ``key`` gives the same simulations for every minibatch of a step.
 """
@@ -31,6 +36,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from cryosip.discrepancies import (
     AbstractKernel,
+    AbstractSampleDiscrepancy,
     conditional_mmd2,
     mmd2,
     negative_log_likelihood,
@@ -38,7 +44,7 @@ from cryosip.discrepancies import (
 )
 from cryosip.operators import AbstractRandomOperator, Observations
 
-__all__ = ["KLObjective", "MMDObjective", "full_gradient"]
+__all__ = ["KLObjective", "MMDObjective", "SampleObjective", "full_gradient"]
 
 
 class MMDObjective(eqx.Module):
@@ -111,6 +117,36 @@ class KLObjective(eqx.Module):
         else:
             ll = self.operator.log_likelihood_grid(batch.values, positions, batch.nuisance)
         return negative_log_likelihood(ll, jnp.log(weights))
+
+
+class SampleObjective(eqx.Module):
+    """A sample discrepancy between simulated and observed images (module docstring)."""
+
+    operator: AbstractRandomOperator
+    discrepancy: AbstractSampleDiscrepancy
+    n_draws: int = eqx.field(static=True, default=8)
+
+    def __call__(
+        self,
+        positions: Float[Array, "n_particles dim"],
+        weights: Float[Array, " n_particles"],
+        batch: Observations,
+        key: PRNGKeyArray,
+    ) -> Float[Array, ""]:
+        k_nuisance, k_noise = jax.random.split(key)
+        n_sim = positions.shape[0] * self.n_draws
+        if batch.nuisance is None:
+            nuisance = self.operator.sample_nuisance(k_nuisance, n_sim)
+        else:
+            rows = jax.random.randint(k_nuisance, (n_sim,), 0, len(batch))
+            nuisance = batch.take(rows).nuisance
+        clean = self.operator.clean_paired(jnp.repeat(positions, self.n_draws, 0), nuisance)
+        sim = clean + self.operator.noise_std * jax.random.normal(k_noise, clean.shape,
+                                                                  clean.dtype)
+        w_sim = jnp.repeat(weights, self.n_draws) / self.n_draws
+        ys = batch.values
+        return self.discrepancy(sim, w_sim, ys, jnp.full((ys.shape[0],), 1.0 / ys.shape[0],
+                                                         ys.dtype))
 
 
 def full_gradient(

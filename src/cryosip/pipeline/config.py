@@ -28,13 +28,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from cryosip.discrepancies import DISCREPANCIES, AbstractSampleDiscrepancy
 from cryosip.errors import InputError, from_validation, read_yaml
 from cryosip.flows import SolverConfig
 
 __all__ = ["DataSection", "KLSection", "LoopSection", "MMDSection", "OutputsSection",
-           "ReconstructConfig", "SolverSection", "absolute_paths", "load_config",
+           "ReconstructConfig", "SampleSection", "SolverSection", "absolute_paths", "load_config",
            "parse_config", "read_yaml", "write_config"]
 
 
@@ -88,6 +98,53 @@ class MMDSection(_Section):
     features: Literal["pixels", "power-spectrum"] = "pixels"
 
 
+class SampleSection(_Section):
+    """Any other registered sample discrepancy (``DISCREPANCIES``, ``docs/extending.md``):
+    ``{kind: energy, n_draws: 256, **options}``, the options passed to its class.
+    ``n_draws`` noisy simulations per step, shared out as ``max(1, n_draws // n_particles)``
+    per particle as for MMD (:class:`cryosip.flows.SampleObjective`)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    kind: str
+    n_draws: int = Field(256, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in DISCREPANCIES:
+            raise ValueError(DISCREPANCIES.expected())
+        if not issubclass(DISCREPANCIES.get(kind), AbstractSampleDiscrepancy):
+            raise ValueError("'kl', 'mmd' or a registered sample discrepancy")
+        return kind
+
+    @model_validator(mode="after")
+    def _options(self) -> SampleSection:
+        self.discrepancy()
+        return self
+
+    def discrepancy(self) -> AbstractSampleDiscrepancy:
+        """The registered class built with this section's options."""
+        try:
+            return DISCREPANCIES.get(self.kind)(**(self.model_extra or {}))
+        except TypeError:
+            cls = DISCREPANCIES.get(self.kind).__name__
+            raise ValueError(f"the options {cls} takes") from None
+
+
+def _objective_tag(raw: Any) -> str:
+    kind = raw.get("kind") if isinstance(raw, dict) else getattr(raw, "kind", None)
+    return kind if kind in ("kl", "mmd") else "sample"
+
+
+Objective = Annotated[
+    Annotated[KLSection, Tag("kl")] | Annotated[MMDSection, Tag("mmd")]
+    | Annotated[SampleSection, Tag("sample")],
+    Discriminator(_objective_tag),
+]
+"""KL | MMD | any registered sample discrepancy, told apart by ``kind``."""
+
+
 class SolverSection(_Section):
     """The particles and the numbers of the step (:class:`cryosip.flows.SolverConfig`).
 
@@ -139,7 +196,7 @@ class ReconstructConfig(_Section):
 
     data: DataSection
     model: str | dict = {"name": "adk-path", "coarse": "residue"}
-    objective: Annotated[KLSection | MMDSection, Field(discriminator="kind")] = KLSection()
+    objective: Objective = KLSection()
     solver: SolverSection = SolverSection()
     loop: LoopSection = LoopSection()
     outputs: OutputsSection = OutputsSection()
@@ -163,7 +220,7 @@ class ReconstructConfig(_Section):
 def _field(loc: tuple) -> str:
     """The dotted key of an error location, without pydantic's union tag (``objective.mmd``)."""
     parts = [str(p) for p in loc]
-    if len(parts) > 1 and parts[0] == "objective" and parts[1] in ("kl", "mmd"):
+    if len(parts) > 1 and parts[0] == "objective" and parts[1] in ("kl", "mmd", "sample"):
         parts.pop(1)
     return ".".join(parts)
 

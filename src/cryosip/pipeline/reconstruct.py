@@ -35,6 +35,7 @@ from cryosip.flows import (
     FlowResult,
     KLObjective,
     MMDObjective,
+    SampleObjective,
     fit_measure,
 )
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
@@ -102,6 +103,8 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     if section.kind == "kl":
         return KLObjective(operator, n_draws=section.n_draws)
     n_draws = max(1, section.n_draws // config.solver.n_particles)  # n_draws is per step
+    if section.kind != "mmd":  # a registered sample discrepancy (config.SampleSection)
+        return SampleObjective(operator, section.discrepancy(), n_draws=n_draws)
     if section.features == "power-spectrum":
         phi = RadialPowerSpectrum(operator.image_config.box_size)
         h = section.bandwidth * _feature_scale(operator, phi, config.seed, n_draws)
