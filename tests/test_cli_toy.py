@@ -73,3 +73,11 @@ def test_toy_refuses_a_non_empty_folder_without_force(tmp_path, capsys):
 def test_toy_rejects_bad_sizes(tmp_path, capsys):
     assert main(_argv(tmp_path / "bad", "--n-particles", "1")) == 2
     assert "--n-particles" in capsys.readouterr().err
+
+
+def test_toy_rejects_bad_n_draws(tmp_path, capsys):
+    """``--n-draws`` (draws per step, issue 10) is checked like the other sizes."""
+    assert main(_argv(tmp_path / "bad", "--n-draws", "0")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].endswith(
+        "command line: field --n-draws: expected greater than or equal to 1, found 0")

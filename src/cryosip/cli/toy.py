@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydantic
 
-from cryosip.errors import InputError
+from cryosip.errors import check_output_folder, from_validation
 from cryosip.provenance import atomic_savez, atomic_write_text, utc_now, write_provenance
 
 NAME = "toy"
@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-obs", type=int, default=5000)
     parser.add_argument("--n-particles", type=int, default=100)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--n-draws", type=int, default=None,
+                        help="nuisance draws per step, as reconstruct's --n-draws (MMD shares "
+                             "them out as max(1, n // n-particles) per particle; KL uses all); "
+                             "default 800 for MMD, 64 for KL")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
@@ -50,20 +54,10 @@ def _configs(args):
     try:
         return [ToyRunConfig(problem=p, discrepancy=d, wfr=args.wfr, n_obs=args.n_obs,
                              n_particles=args.n_particles, steps=args.steps, seed=args.seed,
-                             progress=sys.stderr.isatty()) for p, d in pairs]
+                             n_draws=args.n_draws, progress=sys.stderr.isatty())
+                for p, d in pairs]
     except pydantic.ValidationError as err:
-        first = err.errors()[0]
-        option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else None
-        raise InputError("command line", option, first["msg"].lower(),
-                         repr(first.get("input"))) from None
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(str(out), None, "a folder", "a file")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise InputError(str(out), None, "an empty or new folder (or --force)", "files in it")
-    out.mkdir(parents=True, exist_ok=True)
+        raise from_validation(err, "command line", flags=True) from None
 
 
 def _write_run(out: Path, run, suffix: str) -> None:
@@ -91,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = utc_now()
     configs = _configs(args)
-    _check_out(args.out, args.force)
+    check_output_folder(args.out, force=args.force).mkdir(parents=True, exist_ok=True)
     summaries = []
     for config in configs:
         result = run_toy(config)
