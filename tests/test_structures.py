@@ -144,8 +144,16 @@ def test_hinge_closed_form():
         d = np.linalg.norm(p[:10].mean(0) - p[10:].mean(0))
         alpha = np.deg2rad(40.0 + x * 120.0)
         np.testing.assert_allclose(d, 40.0 * np.sin(alpha / 2), rtol=1e-5)
-    g = jax.grad(lambda x: jnp.sum(model.structure_at(x).positions_angstrom[0]))(jnp.ones(1))
-    assert np.isfinite(np.asarray(g)).all()
+
+    def centre_distance(x):
+        p = model.structure_at(x).positions_angstrom
+        return jnp.linalg.norm(p[:10].mean(0) - p[10:].mean(0))
+
+    for x in (0.25, 0.75):  # d/dx 2 L sin(alpha / 2) = L cos(alpha / 2) dalpha/dx
+        alpha = np.deg2rad(40.0 + x * 120.0)
+        g = jax.grad(centre_distance)(jnp.array([x]))
+        np.testing.assert_allclose(g[0], 20.0 * np.cos(alpha / 2) * np.deg2rad(120.0),
+                                   rtol=1e-4)
 
 
 def test_linear_modes_recover_direction():
