@@ -31,8 +31,6 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryosip.cli.main import SUBCOMMANDS
-
 N_IMAGES, BOX, PIXEL = 6, 16, 2.5
 
 
@@ -257,10 +255,6 @@ def particle_argv(command: str, particles: Path, folder: Path) -> list[str]:
             "convert": ["convert", str(particles), str(folder / "out.star")]}[command]
 
 
-def needs(command: str):
-    return pytest.mark.skipif(command not in SUBCOMMANDS, reason=f"no `cryosip {command}` yet")
-
-
 # --------------------------------------------------------------------------- checks
 
 _SILENT_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
@@ -312,8 +306,6 @@ def assert_one_line_error(main, argv, capfd, caplog, *expected: str) -> str:
 @pytest.mark.parametrize("command", ["reconstruct", "baseline", "inspect"])
 @pytest.mark.parametrize("case", list(STAR_CASES))
 def test_broken_star(tmp_path, capfd, caplog, cli_main, command, case):
-    if command not in SUBCOMMANDS:
-        pytest.skip(f"no `cryosip {command}` yet")
     dataset(tmp_path)
     particles = STAR_CASES[case](tmp_path)
     line = assert_one_line_error(cli_main, particle_argv(command, particles, tmp_path),
@@ -333,7 +325,6 @@ def test_broken_stack(tmp_path, capfd, caplog, cli_main, command, case):
     assert not (tmp_path / "run").exists()
 
 
-@needs("inspect")
 @pytest.mark.parametrize("case", list(STACK_CASES))
 def test_inspect_reports_broken_stacks(tmp_path, capfd, caplog, cli_main, case):
     """``inspect`` reads no pixels it need not: a bad stack is reported, or one line, exit 2."""
@@ -355,8 +346,6 @@ def test_inspect_reports_broken_stacks(tmp_path, capfd, caplog, cli_main, case):
 @pytest.mark.parametrize("command", ["reconstruct", "baseline", "inspect", "convert"])
 @pytest.mark.parametrize("case", list(CS_CASES))
 def test_broken_cs(tmp_path, capfd, caplog, cli_main, command, case):
-    if command not in SUBCOMMANDS:
-        pytest.skip(f"no `cryosip {command}` yet")
     particles = CS_CASES[case](tmp_path)
     line = assert_one_line_error(cli_main, particle_argv(command, particles, tmp_path),
                                  capfd, caplog)
@@ -385,7 +374,6 @@ def _pickles(folder: Path) -> dict[str, Path]:
             "missing": folder / "nothing.pkl", "wrong kind": folder / "ragged.pkl"}
 
 
-@needs("convert")
 @pytest.mark.parametrize(("which", "case"), [
     (which, case) for which in ("poses", "ctf")
     for case in ("garbage", "not numpy", "code", "empty", "missing", "wrong kind")
@@ -540,8 +528,6 @@ def test_broken_truth(tmp_path, capfd, caplog, cli_main, case):
     ("convert", "--pixel-size", "-1"),
 ])
 def test_bad_numeric_flags(tmp_path, capfd, caplog, cli_main, command, flag, value):
-    if command not in SUBCOMMANDS:
-        pytest.skip(f"no `cryosip {command}` yet")
     if command == "toy":
         argv = ["toy", "--out", str(tmp_path / "toy")]
     elif command == "convert":
@@ -609,9 +595,8 @@ def test_control_reaches_the_work(tmp_path, capfd, caplog, cli_main):
     for command in ("reconstruct", "baseline"):
         with pytest.raises(InputsAccepted):
             cli_main(particle_argv(command, star, tmp_path) + ["--model", "hinge"])
-    if "inspect" in SUBCOMMANDS:
-        code, lines, out = run_cli(cli_main, ["inspect", str(star), "--json"], capfd, caplog)
-        assert code == 0 and '"n_particles": 6' in out, (code, lines, out)
+    code, lines, out = run_cli(cli_main, ["inspect", str(star), "--json"], capfd, caplog)
+    assert code == 0 and '"n_particles": 6' in out, (code, lines, out)
     assert os.path.isfile(star)
 
 
