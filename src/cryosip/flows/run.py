@@ -7,6 +7,11 @@ uninterrupted run ends. After each chunk: history (positions, weights; the loss 
 step), divergence check (non-finite loss or positions), callbacks, checkpoint, stopping
 rule. Checkpoints are ``.npz`` written atomically (temporary file + ``os.replace``).
 
+When JAX runs on several processes (:func:`cryosip.distributed.initialize`), the chunks are
+data parallel (:class:`cryosip.distributed.DataParallel`): every process draws the same
+rows, reads its share ``rows[p::P]``, and the objective's parts are summed in the jitted
+step; particles stay replicated, and only process 0 writes checkpoints.
+
 >>> import jax, jax.numpy as jnp
 >>> from cryosip.flows.solvers import WassersteinFlow
 >>> from cryosip.measures import ParticleMeasure
@@ -34,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from cryosip import distributed
+from cryosip.distributed import DataParallel
 from cryosip.flows.config import FlowConfig
 from cryosip.flows.solvers import FlowState
 from cryosip.measures import ParticleMeasure
@@ -137,9 +144,9 @@ def _keys(key, step):
     return jax.random.split(jax.random.fold_in(key, step))
 
 
-# PLR0913 on the three chunk functions below: they are the jitted body of one chunk, whose
-# arguments are traced (state, key, start) or static (n_steps, batch_size) one by one; a
-# container would have to be split again for equinox's filter.
+# PLR0913 on the chunk functions below: they are the jitted body of one chunk (or read its
+# batches), whose arguments are traced (state, key, start) or static (n_steps, batch_size)
+# one by one; a container would have to be split again for equinox's filter.
 @eqx.filter_jit
 def _advance(solver, objective, observations, state, key, start, n_steps,  # noqa: PLR0913
              batch_size):
@@ -151,31 +158,42 @@ def _advance(solver, objective, observations, state, key, start, n_steps,  # noq
     return jax.lax.scan(body, state, start + jnp.arange(n_steps))
 
 
-@eqx.filter_jit
-def _advance_batches(solver, objective, batches, state, key, start, n_steps):  # noqa: PLR0913
+def _scan_batches(solver, objective, batches, state, key, start):
+    """Steps ``start, start + 1, ...`` on ``batches`` (leading axis: steps)."""
     def body(state, inputs):
         step, batch = inputs
         return solver.step(state, objective, batch, _keys(key, step)[1], step)
 
+    n_steps = jax.tree.leaves(batches)[0].shape[0]
     return jax.lax.scan(body, state, (start + jnp.arange(n_steps), batches))
 
 
+_advance_batches = eqx.filter_jit(_scan_batches)
+
+
 def _read_chunk(source: ObservationSource, key, start: int, n_steps: int,
-                batch_size: int | None) -> Observations:
-    """The chunk's minibatches, stacked along a leading step axis, read from ``source``."""
+                batch_size: int | None, share: Callable | None = None) -> Observations:
+    """The chunk's minibatches, stacked along a leading step axis, read from ``source``
+    (only the rows ``share(rows)`` of each when given: this process's part)."""
     n, batches = len(source), []
     for step in range(start, start + n_steps):
         rows = _batch_rows(_keys(key, step)[0], n, batch_size)
-        batches.append(source.take(np.arange(n) if rows is None else np.asarray(rows)))
+        rows = np.arange(n) if rows is None else np.asarray(rows)
+        batches.append(source.take(rows if share is None else share(rows)))
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
 
 
-def _chunk(solver, objective, observations, state, key, step, n, batch_size):  # noqa: PLR0913
+def _chunk(solver, objective, observations, state, key, step, n, config,  # noqa: PLR0913
+           parallel: DataParallel | None = None):
+    batch_size = config.batch_size
+    if parallel is not None:
+        batches = _read_chunk(observations, key, step, n, batch_size, parallel.share)
+        return parallel.advance(batches, state, step)
     if isinstance(observations, Observations):
         return _advance(solver, objective, observations, state, key, jnp.asarray(step), n,
                         batch_size)
     batches = _read_chunk(observations, key, step, n, batch_size)
-    return _advance_batches(solver, objective, batches, state, key, jnp.asarray(step), n)
+    return _advance_batches(solver, objective, batches, state, key, jnp.asarray(step))
 
 
 def _record(history, step, state):
@@ -194,8 +212,35 @@ def _converged(config: FlowConfig, history, step) -> bool:
 def _progress(config: FlowConfig, start: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=config.max_steps, initial=start, disable=not config.progress,
-                desc="flow", unit="step")
+    return tqdm(total=config.max_steps, initial=start, desc="flow", unit="step",
+                disable=not (config.progress and distributed.is_main()))
+
+
+def _data_parallel(solver, objective, observations, key, config: FlowConfig):
+    """The flow's chunks over processes when JAX runs on several (else ``None``)."""
+    if not distributed.is_distributed():
+        return None
+    parallel = DataParallel(_scan_batches, solver, objective, key)
+    n = len(observations)
+    parallel.check_batch(n if config.batch_size is None else min(config.batch_size, n))
+    return parallel
+
+
+def _start(solver, measure, key, checkpointer, resume, parallel):
+    """``(state, step, history)`` of a new run, or of the checkpoint with ``resume``."""
+    if resume and checkpointer is not None and Path(checkpointer.path).exists():
+        state, history = checkpointer.load(key)
+        step = int(history["steps"][-1])
+    else:
+        state, step = solver.init(measure), 0
+        history = {"losses": [], "steps": [], "positions": [], "weights": []}
+    if parallel is not None:
+        state = parallel.broadcast(state)
+        parallel.check_same(step, f"resume: the checkpoint {getattr(checkpointer, 'path', '')} "
+                            "must be readable by every process (a shared file system)")
+    if step == 0:
+        _record(history, 0, state)
+    return state, step, history
 
 
 # PLR0913: six inputs of the flow; callbacks, checkpointer and resume are optional hooks of
@@ -221,20 +266,15 @@ def run_flow(  # noqa: PLR0913
     existing checkpoint file, the run continues from it (same key required).
     """
     t_start = time.perf_counter()
-    if resume and checkpointer is not None and Path(checkpointer.path).exists():
-        state, history = checkpointer.load(key)
-        step = int(history["steps"][-1])
-    else:
-        state, step = solver.init(measure), 0
-        history = {"losses": [], "steps": [], "positions": [], "weights": []}
-        _record(history, 0, state)
+    parallel = _data_parallel(solver, objective, observations, key, config)
+    state, step, history = _start(solver, measure, key, checkpointer, resume, parallel)
     status, chunk_times = FlowStatus.MAX_STEPS, []
     with _progress(config, step) as bar:
         while step < config.max_steps:
             n = min(config.history_every, config.max_steps - step)
             t0 = time.perf_counter()
             state, losses = _chunk(solver, objective, observations, state, key, step, n,
-                                   config.batch_size)
+                                   config, parallel)
             losses = np.asarray(losses)
             chunk_times.append((time.perf_counter() - t0) / n)
             step += n
@@ -249,7 +289,7 @@ def run_flow(  # noqa: PLR0913
                 callback(step, state, losses)
             if checkpointer is not None and config.checkpoint_every and (
                 step % config.checkpoint_every == 0
-            ):
+            ) and distributed.is_main():
                 checkpointer.save(key, state, history)
             if _converged(config, history, step):
                 status = FlowStatus.CONVERGED
