@@ -60,3 +60,95 @@ def test_floor_decays_like_inverse_square_root():
     floors = [finite_sample_floor(sample, dist, int(n), rng, n_repeats=12)[0] for n in ns]
     slope = np.polyfit(np.log(ns), np.log(floors), 1)[0]
     np.testing.assert_allclose(slope, -0.5, atol=0.12)
+
+
+# --- d-D exact transport (POT's network simplex) against closed forms and the old LP ---
+
+
+def _linprog_w(x, wx, y, wy, p):
+    """The transport linear program cryosip solved before POT (scipy HiGHS), kept here only
+    as an independent check: min <C, P> s.t. P 1 = a, P^T 1 = b, P >= 0."""
+    from scipy import optimize, sparse
+
+    a, b = wx / wx.sum(), wy / wy.sum()
+    cost = np.linalg.norm(x[:, None, :] - y[None, :, :], axis=2) ** p
+    n, m = cost.shape
+    a_eq = sparse.vstack([sparse.kron(sparse.eye(n), np.ones((1, m))),
+                          sparse.kron(np.ones((1, n)), sparse.eye(m))]).tocsr()
+    res = optimize.linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([a, b]),
+                           bounds=(0, None), method="highs")
+    assert res.success
+    return res.fun ** (1.0 / p)
+
+
+@pytest.mark.parametrize(("p", "d"), [(1.0, 2), (2.0, 3)])
+def test_nd_agrees_with_the_old_linear_program(p, d):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(23, d)), rng.normal(0.5, 1.3, size=(31, d))
+    wx, wy = rng.uniform(0.1, 1, 23), rng.uniform(0.1, 1, 31)
+    np.testing.assert_allclose(wasserstein_nd(x, wx, y, wy, p), _linprog_w(x, wx, y, wy, p),
+                               rtol=1e-7)
+
+
+def test_nd_equal_uniform_samples_is_an_assignment():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(size=(200, 3)), rng.normal(size=(200, 3))
+    cost = np.sum((x[:, None] - y[None]) ** 2, axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    np.testing.assert_allclose(wasserstein_nd(x, None, y, None, 2.0),
+                               np.sqrt(cost[rows, cols].mean()), rtol=1e-9)
+
+
+def test_nd_point_masses_and_two_point_closed_forms():
+    a, b = np.array([[1.0, 2.0, 3.0]]), np.array([[-1.0, 0.0, 2.0]])
+    np.testing.assert_allclose(wasserstein_nd(a, None, b, None, 2.0), 3.0, rtol=1e-12)
+    # mass 1/4 at 0 and 3/4 at e1 against all of it at 0: W_p^p = 3/4 |e1|^p
+    x = np.array([[0.0, 0.0], [1.0, 0.0]])
+    for p in (1.0, 2.0):
+        got = wasserstein_nd(x, np.array([0.25, 0.75]), np.zeros((1, 2)), None, p)
+        np.testing.assert_allclose(got, 0.75 ** (1 / p), rtol=1e-12)
+
+
+def test_nd_gaussian_monge_map_is_exact_on_samples():
+    """Pairing x_i with T(x_i), T = gradient of a convex function (the Gaussian Monge map
+    T(x) = m2 + A (x - m1), A symmetric positive definite), is an optimal coupling of the two
+    empirical measures (cyclical monotonicity), so W2^2 = mean |x_i - T(x_i)|^2 exactly; and
+    both approach the Bures-Wasserstein closed form between the Gaussians."""
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(5)
+    m1, m2 = np.zeros(3), np.array([1.0, -0.5, 0.3])
+    s1 = np.array([[1.0, 0.3, 0.0], [0.3, 0.8, 0.1], [0.0, 0.1, 0.5]])
+    s2 = np.array([[0.6, -0.2, 0.1], [-0.2, 1.2, 0.0], [0.1, 0.0, 0.9]])
+    r1 = np.real(sqrtm(s1))
+    r1_inv = np.linalg.inv(r1)
+    a = r1_inv @ np.real(sqrtm(r1 @ s2 @ r1)) @ r1_inv
+    x = rng.multivariate_normal(m1, s1, size=400)
+    y = m2 + (x - m1) @ a.T
+    exact = np.sqrt(np.mean(np.sum((x - y) ** 2, axis=1)))
+    np.testing.assert_allclose(wasserstein_nd(x, None, y, None, 2.0), exact, rtol=1e-9)
+    bures = np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * np.real(sqrtm(r1 @ s2 @ r1)))
+    np.testing.assert_allclose(exact, np.sqrt(bures), rtol=0.05)
+
+
+def test_nd_hundreds_of_weighted_particles_against_ten_thousand_samples():
+    """300 weighted particles against 10^4 samples that are copies of them (counts
+    proportional to the weights) moved by t: W2 = |t| (the size `evaluate` meets)."""
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-3, 3, size=(300, 3))
+    counts = rng.multinomial(10_000 - 300, np.full(300, 1 / 300)) + 1
+    t = np.array([0.2, -0.1, 0.05])
+    y = np.repeat(x, counts, axis=0) + t
+    np.testing.assert_allclose(wasserstein_nd(x, counts / 10_000, y, None, 2.0),
+                               np.linalg.norm(t), rtol=1e-8)
+
+
+def test_nd_raises_when_the_simplex_stops_early(monkeypatch):
+    from cryosip.metrics import wasserstein
+
+    monkeypatch.setattr(wasserstein, "_MAX_ITER", 3)
+    rng = np.random.default_rng(7)
+    with pytest.raises(RuntimeError, match="optimal transport"):
+        wasserstein_nd(rng.normal(size=(60, 2)), None, rng.normal(size=(70, 2)), None)

@@ -4,9 +4,11 @@ r"""Wasserstein distances between a recovered measure and the truth, and the sam
   quantile functions of two weighted discrete measures, evaluated exactly on the merged
   cumulative weights (:func:`wasserstein_1d`), or against a continuous truth given by its
   quantile function on a midpoint grid of ``n_grid`` levels (:func:`wasserstein_1d_to_quantile`).
-* d-D, exact optimal transport (:func:`wasserstein_nd`): equal-size uniform samples by an
-  assignment (``scipy.optimize.linear_sum_assignment``), weighted ones by the transport
-  linear program (``scipy.optimize.linprog``, HiGHS; keep ``n*m`` below ~1e5).
+* d-D, exact optimal transport (:func:`wasserstein_nd`): the discrete transport problem
+  ``W_p^p = min_P sum_ij P_ij |x_i - y_j|^p`` over couplings ``P >= 0`` with row sums
+  ``a`` and column sums ``b``, solved exactly by POT's network simplex (``ot.emd2``, C++;
+  Bonneel et al. 2011). Its cost matrix is ``n x m`` float64: 300 weighted particles against
+  10^4 samples take about 1 s, 10^4 against 10^4 about 30 s and 0.8 GB (2-core CPU).
 * The **finite-sample floor** (:func:`finite_sample_floor`): the mean distance between ``N``
   i.i.d. true samples and the truth, computed by the same function as the recovered
   measure's distance. A recovered measure cannot be expected to beat it from ``N`` data.
@@ -18,10 +20,12 @@ r"""Wasserstein distances between a recovered measure and the truth, and the sam
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import optimize, sparse
+import ot
+from scipy.spatial import distance
 
 __all__ = [
     "finite_sample_floor",
@@ -66,23 +70,29 @@ def wasserstein_1d_to_quantile(
 
 
 def wasserstein_nd(x, wx, y, wy, p: float = 2.0) -> float:
-    """Exact ``W_p`` between weighted samples ``x [n, d]`` and ``y [m, d]`` (Euclidean cost)."""
+    """Exact ``W_p`` between weighted samples ``x [n, d]`` and ``y [m, d]`` (Euclidean cost;
+    weights may be None for uniform, and are normalised to sum 1).
+
+    >>> round(wasserstein_nd(np.zeros((1, 3)), None, np.array([[3.0, 4.0, 0.0]]), None), 6)
+    5.0
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
-    cost = np.linalg.norm(x[:, None, :] - y[None, :, :], axis=2) ** p
-    if len(x) == len(y) and wx is None and wy is None:
-        rows, cols = optimize.linear_sum_assignment(cost)
-        return float(np.mean(cost[rows, cols]) ** (1.0 / p))
-    a, b = _weights(x, wx), _weights(y, wy)
-    n, m = cost.shape
-    rows = sparse.kron(sparse.eye(n), np.ones((1, m)))
-    cols = sparse.kron(np.ones((1, n)), sparse.eye(m))
-    a_eq = sparse.vstack([rows, cols]).tocsr()
-    res = optimize.linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([a, b]),
-                           bounds=(0, None), method="highs")
-    if not res.success:
-        raise RuntimeError(f"optimal transport LP failed: {res.message}")
-    return float(res.fun ** (1.0 / p))
+    cost = distance.cdist(x, y, "sqeuclidean")  # from differences, not |x|^2 + |y|^2 - 2xy
+    if p != 2.0:
+        cost **= p / 2.0
+    with warnings.catch_warnings():  # POT warns before returning its code; we raise instead
+        warnings.filterwarnings("ignore", "numItermax reached", UserWarning)
+        value, log = ot.emd2(_weights(x, wx), _weights(y, wy), cost, numItermax=_MAX_ITER,
+                             log=True)
+    if log["warning"] is not None:
+        raise RuntimeError(f"optimal transport (ot.emd2) failed: {log['warning']}")
+    return float(max(value, 0.0) ** (1.0 / p))
+
+
+_MAX_ITER = 2_000_000_000
+"""Network-simplex iteration cap: POT's default 1e5 stops short of the optimum on 5000 x 5000
+uniform points in 3-D (1e6 reaches it); a run that hits the cap raises."""
 
 
 def finite_sample_floors(
