@@ -28,6 +28,8 @@ import dataclasses
 import os
 import shutil
 import time
+import zipfile
+from fractions import Fraction
 from pathlib import Path
 
 import equinox as eqx
@@ -40,17 +42,20 @@ from tqdm.auto import tqdm
 from cryosip.datasets.config import SimulateConfig
 from cryosip.errors import InputError, check_output_folder
 from cryosip.forward import CryoEMOperator, ImageConfig, ImageNuisance, NuisancePrior, Optics
-from cryosip.io.mrc import create_stack
+from cryosip.io.mrc import StackWriter
 from cryosip.io.star import write_star
 from cryosip.problems.truth import TruthMixture
 from cryosip.provenance import utc_now, write_provenance
 from cryosip.seeds import jax_key, numpy_rng
 from cryosip.structures.factory import load_model
 
-__all__ = ["REFERENCE_SIZE", "SimulationResult", "simulation_operator", "simulate_dataset"]
+__all__ = ["REFERENCE_SIZE", "ExactSum", "SimulationResult", "simulate_dataset",
+           "simulation_operator"]
 
 REFERENCE_SIZE = 100_000
 """Size of the reference sample of the truth stored as ``reference_x``."""
+_IO_BLOCK = 8192
+"""Rows per block when the STAR file and ``truth.npz`` are written from the nuisance files."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,24 +121,118 @@ def _padded(index: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([index, np.full(size - len(index), index[-1])])
 
 
-def _render_all(op, config, x, nuisance, stack, progress) -> np.ndarray:
+class ExactSum:
+    """The exact sum of float32 values, kept as an integer multiple of ``2**-172`` (below
+    the smallest float32), so :attr:`mean` is the correctly rounded mean whatever the
+    blocks the values arrive in: sigma from the SNR does not depend on the batch size.
+
+    >>> s = ExactSum(); s.add(np.float32([1e8, 1.0])); s.add(np.float32([-1e8]))
+    >>> s.mean
+    0.3333333333333333
+    """
+
+    _SCALE = 172  # float32 values are m * 2**e, |m| < 2**24 integer, e >= -172
+
+    def __init__(self):
+        self.total, self.count = 0, 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values)
+        if values.dtype != np.float32:
+            raise TypeError(f"ExactSum adds float32 values, found {values.dtype}")
+        mantissa, exponent = np.frexp(values.astype(np.float64))
+        integers = (mantissa * 2.0**24).astype(np.int64)  # exact: 24 significant bits
+        for e in np.unique(exponent):
+            self.total += int(integers[exponent == e].sum()) << int(e - 24 + self._SCALE)
+        self.count += values.size
+
+    @property
+    def mean(self) -> float:
+        return float(Fraction(self.total, self.count << self._SCALE))
+
+
+class _Columns:
+    """Per-image arrays appended block by block to one ``.npy`` file per name in
+    ``folder`` (never all in memory), read back by block, and packed into an ``.npz``."""
+
+    def __init__(self, folder: Path, n: int):
+        self.folder, self.n, self._files = folder, n, {}
+        folder.mkdir()
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            if name not in self._files:
+                fh = open(self.folder / f"{name}.npy", "wb")  # noqa: SIM115 - closed in close()
+                np.lib.format.write_array_header_1_0(fh, {
+                    "descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+                    "shape": (self.n, *a.shape[1:])})
+                self._files[name] = (fh, a.dtype, a.shape[1:], fh.tell())
+            self._files[name][0].write(a.tobytes())
+
+    def close(self) -> None:
+        for fh, *_ in self._files.values():
+            fh.close()
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        _, dtype, shape, offset = self._files[name]
+        row = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        with open(self.folder / f"{name}.npy", "rb") as fh:
+            fh.seek(offset + start * row)
+            return np.frombuffer(fh.read((stop - start) * row), dtype).reshape(-1, *shape)
+
+    def blocks(self, names, size: int):
+        """Dicts ``{name: rows start..start+size}`` over all ``n`` rows."""
+        for start in range(0, self.n, size):
+            stop = min(start + size, self.n)
+            yield {name: self.read(name, start, stop) for name in names}
+
+    def write_npz(self, path: Path, arrays: dict[str, np.ndarray], names) -> None:
+        """``np.savez(path, **arrays, **columns)``'s layout (stored, zip64), the columns
+        copied from their files in pieces."""
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+            for name in names:
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as out, \
+                        open(self.folder / f"{name}.npy", "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 20)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ImageNuisance))
+
+
+def _render_all(op, config, x, stack: StackWriter, columns: _Columns, progress) -> float:
+    """Pass 1: clean images to the stack and nuisances to ``columns``, batch by batch;
+    returns the mean clean variance (exact, :class:`ExactSum`)."""
     n, size = config.n_images, min(config.render_batch_size, config.n_images)
-    variances = np.empty(n)
+    variance = ExactSum()
     for start in _batches(n, size, progress, "render"):
         idx = np.arange(start, min(start + size, n))
         pad = _padded(idx, size)
-        images, var = _render(op, jnp.asarray(x[pad]), nuisance.take(jnp.asarray(pad)))
-        stack.data[idx] = np.asarray(images)[: len(idx)]
-        variances[idx] = np.asarray(var)[: len(idx)]
-    return variances
+        nuisance = _nuisance(op.prior, _image_keys(config.seed, jnp.asarray(pad))[:, 0])
+        images, var = _render(op, jnp.asarray(x[pad]), nuisance)
+        stack.write(start, np.asarray(images)[: len(idx)])
+        variance.add(np.asarray(var)[: len(idx)])
+        columns.append({f: np.asarray(getattr(nuisance, f))[: len(idx)] for f in _FIELDS})
+    return variance.mean
 
 
-def _add_noise(config, keys, stack, noise_std, progress) -> None:
+def _add_noise(config, stack: StackWriter, noise_std, progress) -> None:
+    """Pass 2: ``y_i = G_i + sigma eps_i`` read, noised and written back batch by batch."""
     n, size = config.n_images, min(config.render_batch_size, config.n_images)
     for start in _batches(n, size, progress, "noise"):
         idx = np.arange(start, min(start + size, n))
-        eps = np.asarray(_noise(keys[jnp.asarray(_padded(idx, size)), 1], config.box_size))
-        stack.data[idx] = stack.data[idx] + np.float32(noise_std) * eps[: len(idx)]
+        keys = _image_keys(config.seed, jnp.asarray(_padded(idx, size)))
+        eps = np.asarray(_noise(keys[:, 1], config.box_size))
+        stack.write(start, stack.read(start, len(idx))
+                    + np.float32(noise_std) * eps[: len(idx)])
+
+
+def _nuisance_blocks(columns: _Columns, size: int):
+    for block in columns.blocks(_FIELDS, size):
+        yield ImageNuisance(**block)
 
 
 def simulate_dataset(  # noqa: PLR0913 (the entry function: one config, keyword-only options)
@@ -154,26 +253,25 @@ def simulate_dataset(  # noqa: PLR0913 (the entry function: one config, keyword-
                          f"{np.asarray(op.model.lower).tolist()}..."
                          f"{np.asarray(op.model.upper).tolist()}", str(err)) from None
     rng = numpy_rng(config.seed, "truth")
-    x = truth.sample(rng, config.n_images).astype(np.float32)
-    keys = _image_keys(config.seed, jnp.arange(config.n_images))
-    nuisance = _nuisance(op.prior, keys[:, 0])
+    x = truth.sample(rng, config.n_images).astype(np.float32)  # O(n dim): one draw
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    columns = _Columns(tmp / "nuisance", config.n_images)
     try:
-        stack = create_stack(tmp / "particles.mrcs", config.n_images, config.box_size,
-                             config.pixel_size_angstrom)
-        with stack:
-            variances = _render_all(op, config, x, nuisance, stack, progress)
-            mean_var = float(np.mean(variances))
+        with StackWriter(tmp / "particles.mrcs", config.n_images, config.box_size,
+                         config.pixel_size_angstrom) as stack:
+            mean_var = _render_all(op, config, x, stack, columns, progress)
+            columns.close()
             sigma = config.noise_std or float(np.sqrt(mean_var / config.snr))
-            _add_noise(config, keys, stack, sigma, progress)
-        write_star(tmp / "particles.star", nuisance, op.optics,
+            _add_noise(config, stack, sigma, progress)
+        write_star(tmp / "particles.star", _nuisance_blocks(columns, _IO_BLOCK), op.optics,
                    pixel_size_angstrom=config.pixel_size_angstrom, box_size=config.box_size)
         snr = mean_var / sigma**2
-        _write_truth(tmp / "truth.npz", x, nuisance, truth, rng,
+        _write_truth(tmp / "truth.npz", x, columns, truth, rng,
                      {"noise_std": np.float64(sigma), "snr": np.float64(snr)})
+        shutil.rmtree(columns.folder)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"),
                                                         sort_keys=False))
         wall = time.perf_counter() - t0
@@ -182,13 +280,12 @@ def simulate_dataset(  # noqa: PLR0913 (the entry function: one config, keyword-
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     finally:
+        columns.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return SimulationResult(out_dir, config.n_images, sigma, snr, time.perf_counter() - t0)
 
 
-def _write_truth(path: Path, x, nuisance: ImageNuisance, truth, rng, noise: dict) -> None:
-    w = {f.name: np.asarray(getattr(nuisance, f.name)) for f in dataclasses.fields(nuisance)}
-    np.savez(path, x=x, truth_spec=np.array(truth.spec_json()), reference_x=truth.reference_sample(
-        rng, REFERENCE_SIZE), lower=truth.lower, upper=truth.upper, **noise, **w)
-
-
+def _write_truth(path: Path, x, columns: _Columns, truth, rng, noise: dict) -> None:
+    columns.write_npz(path, {"x": x, "truth_spec": np.array(truth.spec_json()),
+                             "reference_x": truth.reference_sample(rng, REFERENCE_SIZE),
+                             "lower": truth.lower, "upper": truth.upper, **noise}, _FIELDS)

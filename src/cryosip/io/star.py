@@ -40,9 +40,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -331,33 +332,75 @@ def _shortest(values: np.ndarray) -> list[str]:
     return [np.format_float_positional(v, unique=True, trim="0") for v in np.asarray(values)]
 
 
-def write_star(
-    path: str | os.PathLike, nuisance: ImageNuisance, optics: Optics, *,
-    pixel_size_angstrom: float, box_size: int, stack_name: str = "particles.mrcs",
-) -> None:
-    """Write a RELION 3.1 STAR (one optics group) for images 1..n of ``stack_name``."""
-    n = len(nuisance)
-    optics_df = pd.DataFrame({
-        "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-        "rlnVoltage": _shortest([optics.voltage_kv]),
-        "rlnSphericalAberration": _shortest([optics.cs_mm]),
-        "rlnAmplitudeContrast": _shortest([optics.amplitude_contrast]),
-        "rlnImagePixelSize": _shortest([pixel_size_angstrom]),
-        "rlnImageSize": [int(box_size)], "rlnImageDimensionality": [2],
-    })
+_PARTICLE_COLUMNS = ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
+                     "rlnOriginXAngst", "rlnOriginYAngst", "rlnDefocusU", "rlnDefocusV",
+                     "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor", "rlnOpticsGroup")
+_WRITE_CHUNK = 8192
+
+
+def _quoted(text: str) -> str:
+    """A STAR value: quoted when it holds a space or is empty (as ``starfile`` writes)."""
+    return f'"{text}"' if " " in text or not text else text
+
+
+def _loop(name: str, columns, rows) -> list[str]:
+    head = [f"data_{name}", "", "loop_", *(f"_{c} #{k + 1}" for k, c in enumerate(columns))]
+    return head + ["\t".join(r) for r in rows]
+
+
+def _particle_rows(nuisance: ImageNuisance, first: int, b_factor: float, stack: str):
     w = {f.name: np.asarray(getattr(nuisance, f.name)) for f in dataclasses.fields(nuisance)}
-    particles = pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)],
-        "rlnAngleRot": _shortest(w["euler_deg"][:, 0]),
-        "rlnAngleTilt": _shortest(w["euler_deg"][:, 1]),
-        "rlnAnglePsi": _shortest(w["euler_deg"][:, 2]),
-        "rlnOriginXAngst": _shortest(w["shift_angstrom"][:, 0]),
-        "rlnOriginYAngst": _shortest(w["shift_angstrom"][:, 1]),
-        "rlnDefocusU": _shortest(w["defocus_u_angstrom"]),
-        "rlnDefocusV": _shortest(w["defocus_v_angstrom"]),
-        "rlnDefocusAngle": _shortest(w["astigmatism_angle_deg"]),
-        "rlnPhaseShift": _shortest(w["phase_shift_deg"]),
-        "rlnCtfBfactor": _shortest(np.full(n, optics.b_factor_angstrom2)),
-        "rlnOpticsGroup": np.ones(n, dtype=int),
-    })
-    starfile.write({"optics": optics_df, "particles": particles}, path)
+    n = len(w["euler_deg"])
+    cols = [[_quoted(f"{first + i + 1:06d}@{stack}") for i in range(n)],
+            *(_shortest(w["euler_deg"][:, k]) for k in range(3)),
+            *(_shortest(w["shift_angstrom"][:, k]) for k in range(2)),
+            _shortest(w["defocus_u_angstrom"]), _shortest(w["defocus_v_angstrom"]),
+            _shortest(w["astigmatism_angle_deg"]), _shortest(w["phase_shift_deg"]),
+            _shortest(np.full(n, b_factor)), ["1"] * n]
+    return zip(*cols, strict=True)
+
+
+def _chunks(nuisance: ImageNuisance | Iterable[ImageNuisance]):
+    if not isinstance(nuisance, ImageNuisance):
+        yield from nuisance
+        return
+    for start in range(0, len(nuisance), _WRITE_CHUNK):
+        index = np.arange(start, min(start + _WRITE_CHUNK, len(nuisance)))
+        yield jax.tree.map(lambda a, index=index: np.asarray(a)[index], nuisance)
+
+
+def write_star(
+    path: str | os.PathLike, nuisance: ImageNuisance | Iterable[ImageNuisance],
+    optics: Optics, *, pixel_size_angstrom: float, box_size: int,
+    stack_name: str = "particles.mrcs",
+) -> None:
+    """Write a RELION 3.1 STAR (one optics group) for images 1..n of ``stack_name``.
+
+    ``nuisance`` is one :class:`ImageNuisance` or an iterable of them (consecutive blocks
+    of images, numbered on from block to block); rows are formatted and written a block at
+    a time, so writing 10^6 rows takes no more memory than a block. The layout is
+    ``starfile``'s (tab-separated, shortest decimals).
+    """
+    optics_row = ["1", "opticsGroup1", *_shortest([optics.voltage_kv]),
+                  *_shortest([optics.cs_mm]), *_shortest([optics.amplitude_contrast]),
+                  *_shortest([pixel_size_angstrom]), str(int(box_size)), "2"]
+    optics_cols = ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnVoltage",
+                   "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize",
+                   "rlnImageSize", "rlnImageDimensionality")
+    head = [f"# Created by cryosip {_version()} (RELION 3.1 particle file)", "", "",
+            *_loop("optics", optics_cols, [optics_row]), "", "",
+            *_loop("particles", _PARTICLE_COLUMNS, [])]
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(head) + "\n")
+        for block in _chunks(nuisance):
+            rows = _particle_rows(block, n, float(optics.b_factor_angstrom2), stack_name)
+            fh.write("".join("\t".join(r) + "\n" for r in rows))
+            n += len(block)
+        fh.write("\n\n")
+
+
+def _version() -> str:
+    from cryosip import __version__
+
+    return __version__
