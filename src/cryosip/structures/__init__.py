@@ -1,6 +1,7 @@
 """Conformation models: a point ``x`` of a low-dimensional conformation space to atoms."""
 
 from cryosip.structures.adk import AdkDomains, AdkPath
+from cryosip.structures.adk_modes import AdkModes
 from cryosip.structures.base import AbstractConformationModel, Atoms
 from cryosip.structures.factory import load_model
 from cryosip.structures.hinge import HingeModel
@@ -13,6 +14,7 @@ __all__ = [
     "DEFAULT_WIDTH_ANGSTROM",
     "AbstractConformationModel",
     "AdkDomains",
+    "AdkModes",
     "AdkPath",
     "Atoms",
     "HingeModel",

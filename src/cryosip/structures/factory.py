@@ -2,8 +2,8 @@
 
 Accepted specs (YAML form):
 
-* a registered name (``adk-path`` | ``adk-domains`` | ``hinge`` | any name added with
-  :func:`register_model`): that model with default options;
+* a registered name (``adk-path`` | ``adk-domains`` | ``adk-modes`` | ``hinge`` | any name
+  added with :func:`register_model`): that model with default options;
 * ``{name: adk-path, coarse: residue, hydrogens: false, interpolation: linear}``: a
   registered model with options, checked by its options class (an option another model
   takes is refused: ``coarse`` is AdK's, ``n_beads`` the hinge's);
@@ -39,11 +39,19 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from cryosip.errors import InputError, from_validation
 from cryosip.registry import Registry
 from cryosip.structures.adk import AdkDomains, AdkPath
+from cryosip.structures.adk_modes import AdkModes
 from cryosip.structures.base import AbstractConformationModel
 from cryosip.structures.hinge import HingeModel
 from cryosip.structures.modes import LinearModeModel
@@ -112,6 +120,18 @@ class AdkDomainsOptions(_AdkOptions):
 
     def build(self) -> AdkDomains:
         return AdkDomains(self.coarse, self.hydrogens, self.interpolation)
+
+
+@register_model("adk-modes")
+class AdkModesOptions(ModelOptions):
+    """:class:`~cryosip.structures.adk_modes.AdkModes` (``dim = n_modes``, 3 by default)."""
+
+    coarse: Literal["residue"] | None = None
+    hydrogens: bool = True
+    n_modes: int = Field(3, ge=1, le=97)
+
+    def build(self) -> AdkModes:
+        return AdkModes(self.coarse, self.hydrogens, self.n_modes)
 
 
 class BuiltinModelSpec(BaseModel):
