@@ -41,6 +41,7 @@ from cryosip.errors import InputError
 from cryosip.forward import ImageNuisance, Optics
 from cryosip.io.mrc import MrcStack, StackFile, open_stack, read_header
 from cryosip.io.star import ParticleTable, read_star
+from cryosip.io.starloop import ImageNames
 
 __all__ = ["ParticleImages", "ParticleStack", "read_particles", "read_table",
            "resolve_stack_path", "split_image_names"]
@@ -146,7 +147,12 @@ def resolve_stack_path(name: str, source_file: str | os.PathLike,
 
 def split_image_names(path: str | os.PathLike, names: np.ndarray, field: str = "rlnImageName",
                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(stack names, file index per row, 0-based image index per row)`` of ``"i@stack"``."""
+    """``(stack names, file index per row, 0-based image index per row)`` of ``"i@stack"``.
+
+    :class:`~cryosip.io.starloop.ImageNames` (a STAR reader's, checked as it read them)
+    give their own int32 arrays, without a string per row."""
+    if isinstance(names, ImageNames):
+        return list(names.stacks), names.stack_index, names.number - np.int32(1)
     files, file_index, image_index = [], np.empty(len(names), int), np.empty(len(names), int)
     lookup: dict[str, int] = {}
     for row, name in enumerate(names):

@@ -40,6 +40,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -51,6 +53,7 @@ import starfile
 
 from cryosip.errors import InputError
 from cryosip.forward import ImageNuisance, Optics
+from cryosip.io.starloop import LoopColumns, StarLoop, particle_loop, read_loop, scan_loops
 
 __all__ = ["ParticleTable", "read_star", "write_star"]
 
@@ -114,14 +117,34 @@ class _Groups:
     box: int | None
 
 
-def _blocks(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+def _without_rows(path: Path, loop: StarLoop) -> Path:
+    """A temporary copy of ``path`` without the rows of ``loop`` (bytes ``start..end``)."""
+    fd, name = tempfile.mkstemp(suffix=".star")
+    with os.fdopen(fd, "wb") as out, open(path, "rb") as fh:
+        out.write(fh.read(loop.start))
+        fh.seek(loop.end)
+        shutil.copyfileobj(fh, out, 1 << 20)
+    return Path(name)
+
+
+def _blocks(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | LoopColumns]:
+    """``(optics or None, particles)``; the particle rows by :func:`starloop.read_loop`."""
     if not path.is_file():
         raise InputError(str(path), None, "an existing STAR file", "no such file")
     try:
-        blocks = starfile.read(path, always_dict=True)
+        loop = particle_loop(scan_loops(path))
+        head = path if loop is None or loop.start is None else _without_rows(path, loop)
+        try:
+            blocks = starfile.read(head, always_dict=True)
+        finally:
+            if head != path:
+                head.unlink()
     except Exception as err:  # noqa: BLE001 - starfile raises many kinds
         raise InputError(str(path), None, "a STAR file", f"unparsable ({err})") from None
     frames = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    if loop is not None and loop.name in frames and (
+            loop.name == "particles" or len(frames) == 1):
+        frames[loop.name] = read_loop(path, loop)
     if "particles" in frames:
         return frames.get("optics"), frames["particles"]
     if len(frames) == 1:
@@ -269,7 +292,11 @@ def _optics_30(path: Path, particles: pd.DataFrame, given: float | None,
                    None)
 
 
-def _names(particles: pd.DataFrame) -> np.ndarray:
+def _names(particles: pd.DataFrame | LoopColumns):
+    """The image names: :class:`~cryosip.io.starloop.ImageNames` (or text) from the
+    particle loop, an array of ``str`` from a table ``starfile`` read."""
+    if isinstance(particles, LoopColumns):
+        return particles.names()
     return particles["rlnImageName"].astype(str).to_numpy()
 
 
