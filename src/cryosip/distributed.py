@@ -163,15 +163,30 @@ def _broadcast(tree):
     return jax.tree.unflatten(treedef, leaves)
 
 
-class _Share(eqx.Module):
-    """``psum_p(fraction * objective(x, w, share_p, key))``: this process's part, summed."""
+def _shared(objective: Callable, fraction: float) -> Callable:
+    """``psum_p(fraction * objective(x, w, share_p, key))`` with the gradient summed the
+    same way: the local vjp's result is psum'd in the forward pass (the forward model's own
+    ``custom_vjp`` rules do not track which values vary across processes, so the sum is
+    written out rather than left to the transpose of ``psum``)."""
 
-    objective: Callable
-    fraction: float
+    def part(positions, weights, batch, key):
+        return fraction * objective(positions, weights, batch, key)
 
-    def __call__(self, positions, weights, batch, key):
-        part = self.fraction * self.objective(positions, weights, batch, key)
-        return jax.lax.psum(part, AXIS)
+    @jax.custom_vjp
+    def total(positions, weights, batch, key):
+        return jax.lax.psum(part(positions, weights, batch, key), AXIS)
+
+    def forward(positions, weights, batch, key):
+        value, vjp = jax.vjp(lambda x, w: part(x, w, batch, key), positions, weights)
+        grads = jax.lax.psum((value, *vjp(jnp.ones_like(value))), AXIS)
+        return grads[0], grads[1:]
+
+    def backward(grads, cotangent):
+        g_x, g_w = grads
+        return cotangent * g_x, cotangent * g_w, None, None
+
+    total.defvjp(forward, backward)
+    return total
 
 
 @dataclasses.dataclass
@@ -198,7 +213,7 @@ class DataParallel:
         self._key_data = _global(jax.random.key_data(self.key), self.mesh, P())
         self._run = jax.jit(jax.shard_map(
             self._body, mesh=self.mesh, in_specs=(P(), P(None, AXIS), P(), P(), P()),
-            out_specs=(P(), P())))
+            out_specs=(P(), P()), check_vma=False))
 
     def check_batch(self, batch_size: int) -> None:
         """Equal shares: ``batch_size`` a multiple of the number of processes."""
@@ -226,7 +241,7 @@ class DataParallel:
     def _body(self, arrays, batches, state, key_data, start):
         solver, objective = eqx.combine(arrays, self._static)
         key = jax.random.wrap_key_data(key_data, impl=self._impl)
-        return self.scan(solver, _Share(objective, 1.0 / self.count), batches, state, key,
+        return self.scan(solver, _shared(objective, 1.0 / self.count), batches, state, key,
                          start)
 
     def advance(self, batches, state, start: int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from cryosip.errors import InputError, check_output_folder
@@ -121,6 +122,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    default=None)
+    add_process_arguments(p)
+
+
+def add_process_arguments(p: argparse.ArgumentParser) -> None:
+    """Several processes (docs/scaling.md): JAX's runtime, data-parallel flow."""
+    g = p.add_argument_group("processes", "the flow data parallel over processes "
+                             "(jax.distributed; under SLURM srun or mpirun: no flag needed)")
+    g.add_argument("--processes", type=int, default=None,
+                   help="launch this many processes on 127.0.0.1 (one node) and wait for them")
+    g.add_argument("--coordinator", default=None,
+                   help="HOST:PORT of process 0's coordinator (with --num-processes, "
+                        "--process-id)")
+    g.add_argument("--num-processes", type=int, default=None, dest="num_processes")
+    g.add_argument("--process-id", type=int, default=None, dest="process_id")
 
 
 _BUILTIN = ("adk-path", "adk-domains", "hinge")
@@ -191,13 +206,58 @@ def merged_config(args: argparse.Namespace):
     return parse_config(raw, source, flags=given)
 
 
-def run(args: argparse.Namespace) -> int:
-    from cryosip.pipeline.run import run_reconstruction
+def _child_argv(argv: list[str]) -> list[str]:
+    """``argv`` (after the program name) without ``--processes N``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--processes":
+            skip = True
+        elif not token.startswith("--processes="):
+            out.append(token)
+    return out
 
+
+def launch(args: argparse.Namespace) -> int:
+    """``--processes P``: this command on P local processes (the first failure stops all)."""
+    from cryosip.distributed import launch_local
+
+    if args.processes < 1:
+        raise InputError("command line", "--processes", "an integer >= 1", str(args.processes))
+    if args.coordinator is not None or args.num_processes is not None or (
+            args.process_id is not None):
+        raise InputError("command line", "--processes", "no --coordinator/--num-processes/"
+                         "--process-id with it (it sets them)", "both")
+    check_output_folder(args.out, force=args.force, resume=args.resume)
+    config = merged_config(args)  # a bad flag fails here once, not in every process
+    if config.minibatch_size % args.processes:  # equal shares (cryosip.distributed)
+        raise InputError("command line", "--batch-size", "a multiple of --processes "
+                         f"({args.processes})", str(config.minibatch_size))
+    command = [sys.executable, "-m", "cryosip.cli.main", *_child_argv(args.argv[1:])]
+    result = launch_local(command, args.processes)
+    if result.returncode:
+        print(f"cryosip {NAME}: error: process {result.failed_process} of {args.processes} "
+              f"exited with code {result.returncode} (its messages are above); the other "
+              "processes were stopped", file=sys.stderr)
+    return result.returncode
+
+
+def run(args: argparse.Namespace) -> int:
+    from cryosip import distributed
+
+    if args.processes is not None and args.processes != 1:
+        return launch(args)
     out = check_output_folder(args.out, force=args.force, resume=args.resume)
     config = merged_config(args)
+    # before anything starts JAX's backend; every process has checked the folder by now, as
+    # process 0 writes nothing until all have joined
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    from cryosip.pipeline.run import run_reconstruction
+
     _, summary = run_reconstruction(config, out, resume=args.resume, argv=args.argv)
-    print(json.dumps({k: summary[k] for k in ("status", "steps", "wall_time_s",
-                                              "scale_noise_std", "scale_contrast")}))
-    print(f"report: {out / 'report.html'}")
+    if distributed.is_main():
+        print(json.dumps({k: summary[k] for k in ("status", "steps", "wall_time_s",
+                                                  "scale_noise_std", "scale_contrast")}))
+        print(f"report: {out / 'report.html'}")
     return 0

@@ -5,7 +5,7 @@ and score the result without the particle files, :mod:`cryosip.pipeline.runfolde
 ``provenance.json`` (version, git sha, argv, config, seed, times, the noise and scale used
 and whether they were estimated), ``summary.json``, figures, ``structures/``, ``maps/``,
 ``report.html`` and, while running, ``checkpoint.npz`` (kept, so ``--resume`` after the
-end is a no-op).
+end is a no-op). On several processes (:mod:`cryosip.distributed`) only process 0 writes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryosip import distributed
 from cryosip.forward import ImageConfig
 from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.outputs import (
@@ -88,6 +89,8 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     started = utc_now()
     out_dir = Path(out_dir)
     result = reconstruct(config, out_dir, resume=resume)
+    if not distributed.is_main():  # several processes: process 0 writes the outputs
+        return result, summarise(result)
     positions, weights = result.flow.measure.to_numpy()
     history = _history(result)
     method = f"flow-{config.objective.kind}{'-wfr' if config.solver.wfr else ''}"
@@ -115,7 +118,8 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     write_config(config, out_dir / "config.yaml")  # --config RUN/config.yaml reruns it
     write_provenance(out_dir, config, config.seed, argv, started, scale=_scale_record(result),
                      registration=result.registration_record, warnings=list(result.warnings),
-                     jax_devices=[str(d) for d in jax.devices()])
+                     jax_devices=[str(d) for d in jax.devices()],
+                     processes=jax.process_count())
     sections = {"Run": summary, "Registration": result.registration_record,
                 **({"Warnings": dict(enumerate(result.warnings, 1))} if result.warnings else {}),
                 "Structures at quantiles": {r["name"]: f"x = {r['x']}  ({r['pdb']}, {r['map']})"
