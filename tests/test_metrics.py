@@ -152,3 +152,33 @@ def test_nd_raises_when_the_simplex_stops_early(monkeypatch):
     rng = np.random.default_rng(7)
     with pytest.raises(RuntimeError, match="optimal transport"):
         wasserstein_nd(rng.normal(size=(60, 2)), None, rng.normal(size=(70, 2)), None)
+
+
+# --- evaluate's d-D scores (W2 to the images' true x, and the floor) for d = 2 and 3 ---
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_evaluate_scores_w2_and_its_floor_in_d_dimensions(d, tmp_path):
+    from pathlib import Path
+
+    from cryosip.datasets.truth import TruthMixture
+    from cryosip.pipeline.evaluate import distances_to_truth
+    from cryosip.seeds import numpy_rng
+
+    truth = TruthMixture.from_gaussians([0.6, 0.4], [[-1.0] * d, [1.0] * d], [[0.4] * d] * 2,
+                                        [-3.0] * d, [3.0] * d)
+    x = truth.sample(np.random.default_rng(8), 150)
+    path = Path(tmp_path) / "truth.npz"
+    np.savez(path, x=x, truth_spec=truth.spec_json(), lower=truth.lower, upper=truth.upper)
+    t = np.full(d, 0.1)
+    got = distances_to_truth(x + t, np.full(150, 1 / 150), path, seed=0)
+    # every true x is scored (n_sub = N), so the recovered copy moved by t is at W2 = |t|
+    assert got["n_subsample"] == 150
+    np.testing.assert_allclose(got["w2"], np.linalg.norm(t), rtol=1e-9)
+    # the floor: W2 between 150 fresh truth samples (stream 'floor') and the true x, here by
+    # the linear program
+    fresh = truth.sample(numpy_rng(0, "floor"), 150)
+    np.testing.assert_allclose(got["floor"], _linprog_w(fresh, np.ones(150), x, np.ones(150), 2.0),
+                               rtol=1e-6)
+    capped = distances_to_truth(x, None, path, seed=0, n_subsample=100)
+    assert capped["n_subsample"] == 100 and capped["w2"] > 0
