@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import ot
 from scipy.spatial import distance
 
 __all__ = [
@@ -76,6 +75,8 @@ def wasserstein_nd(x, wx, y, wy, p: float = 2.0) -> float:
     >>> round(wasserstein_nd(np.zeros((1, 3)), None, np.array([[3.0, 4.0, 0.0]]), None), 6)
     5.0
     """
+    import ot  # POT (~1 s to import): only d-D scores need it
+
     x, y = np.asarray(x, float), np.asarray(y, float)
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     cost = distance.cdist(x, y, "sqeuclidean")  # from differences, not |x|^2 + |y|^2 - 2xy
