@@ -19,7 +19,7 @@ from cryosip.cli.reconstruct import _child_argv
 from cryosip.datasets import parse_simulate_config, simulate_dataset
 from cryosip.distributed import cluster_processes, launch_local, parse_coordinator
 from cryosip.errors import InputError
-from cryosip.pipeline.config import ReconstructConfig
+from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.reconstruct import reconstruct
 
 HINGE = {
@@ -50,7 +50,7 @@ config, out, resume = Path(sys.argv[1]).read_text(), sys.argv[2], sys.argv[3] ==
 flag = lambda name: sys.argv[sys.argv.index(name) + 1]
 distributed.initialize(flag("--coordinator"), int(flag("--num-processes")),
                        int(flag("--process-id")))
-from cryosip.pipeline.config import ReconstructConfig
+from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.reconstruct import reconstruct
 flow = reconstruct(ReconstructConfig.model_validate_json(config), out, resume=resume).flow
 if distributed.is_main():
@@ -126,18 +126,21 @@ def test_cli_on_two_processes_matches_one_and_resumes_exactly(hinge_data, tmp_pa
     """The command line: ``--processes 2`` writes the run folder (process 0 only) with the
     single-process end (1e-5), and a 2-process run cut and resumed ends bit-identical to
     the uninterrupted 2-process run."""
-    config = ["--config", str(tmp_path / "loop.yaml")]
-    (tmp_path / "loop.yaml").write_text("loop: {history_every: 5, checkpoint_every: 5}\n")
-    assert main(_args(hinge_data, tmp_path / "one", 10, *config)) == 0
-    assert main(_args(hinge_data, tmp_path / "two", 10, *config, "--processes", "2")) == 0
+    write_config(config(hinge_data, 10), tmp_path / "run.yaml")
+
+    def cli(out: str, *extra: str) -> int:
+        return main(["reconstruct", "--config", str(tmp_path / "run.yaml"), "--out",
+                     str(tmp_path / out), *extra])
+
+    assert cli("one") == 0
+    assert cli("two", "--processes", "2") == 0
     one, two = _ensemble(tmp_path / "one"), _ensemble(tmp_path / "two")
     _assert_same_run(two, one["positions"], one["weights"], one["losses"])
     prov = json.loads((tmp_path / "two" / "provenance.json").read_text())
     assert prov["processes"] == 2
-    cut = tmp_path / "cut"
-    assert main(_args(hinge_data, cut, 5, *config, "--processes", "2")) == 0
-    assert main(_args(hinge_data, cut, 10, *config, "--processes", "2", "--resume")) == 0
-    resumed = _ensemble(cut)
+    assert cli("cut", "--processes", "2", "--steps", "5") == 0
+    assert cli("cut", "--processes", "2", "--resume") == 0
+    resumed = _ensemble(tmp_path / "cut")
     for name in ("positions", "weights", "losses"):
         np.testing.assert_array_equal(resumed[name], two[name])
 
