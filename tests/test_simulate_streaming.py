@@ -149,3 +149,132 @@ def test_writing_and_checking_a_stack_takes_memory_independent_of_its_length(tmp
     large = _peak_kb(12_800, tmp_path / "l.mrcs")  # 200 MB of images
     assert (tmp_path / "l.mrcs").stat().st_size > 200e6
     assert large - small < 40_000, (small, large)  # kB: far below the 200 MB written
+
+
+STAR_TEXT = """# a RELION 3.1 file with the quirks starfile reads
+data_optics
+
+loop_
+_rlnOpticsGroup #1
+_rlnVoltage #2
+_rlnSphericalAberration #3
+_rlnAmplitudeContrast #4
+_rlnImagePixelSize #5
+_rlnImageSize #6
+1 300.0 2.7 0.1 2.0 16
+2 200.0 2.7 0.07 2.0 16
+
+
+data_particles
+
+loop_
+_rlnImageName #1
+_rlnMicrographName #2
+_rlnAngleRot #3
+_rlnAngleTilt #4
+_rlnAnglePsi #5
+_rlnOriginXAngst #6
+_rlnOriginYAngst #7
+_rlnDefocusU #8
+_rlnDefocusV #9
+_rlnOpticsGroup #10
+
+{rows}
+data_extra
+
+_rlnSomething 3
+"""
+
+
+def _star(tmp_path, n: int, bad_row: int | None = None, name=None):
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(n):
+        image = f"{i + 1:06d}@s{i % 3}.mrcs" if i % 4 else f"'{i + 1}@my stack.mrcs'"
+        rot = "abc" if i == bad_row else f"{rng.uniform(-180, 180):.6f}"
+        rows.append(f"{name or image} mic{i}.mrc {rot} {rng.uniform(0, 180):.5f} "
+                    f"{rng.uniform(-180, 180):.4f} {rng.normal():.3f} {rng.normal():.3f} "
+                    f"{rng.uniform(1e4, 2e4):.2f} {rng.uniform(1e4, 2e4):.2f} {1 + i % 2}")
+        if i == n // 2:
+            rows.append("# a comment inside the loop")
+    path = tmp_path / f"p{n}.star"
+    path.write_text(STAR_TEXT.format(rows="\n".join(rows)))
+    return path
+
+
+@pytest.mark.parametrize("block_bytes", [300, 8 << 20])
+def test_particle_rows_read_in_blocks_equal_starfiles_table(tmp_path, monkeypatch, block_bytes):
+    from cryosip.io import starloop
+
+    monkeypatch.setattr(starloop, "CHUNK_BYTES", block_bytes)  # 300: ~3 rows a block
+    path = _star(tmp_path, 41)
+    table = read_star(path)
+    ref = starfile.read(path, always_dict=True)["particles"]  # the whole table at once
+    assert len(table) == len(ref) == 41
+    assert list(table.image_names) == ref["rlnImageName"].tolist()
+    assert table.image_names[5] == "000006@s2.mrcs"
+    assert table.image_names[0] == "1@my stack.mrcs"  # a quoted name with a space
+    np.testing.assert_array_equal(
+        table.euler_deg, ref[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
+    np.testing.assert_array_equal(table.shift_angstrom,
+                                  ref[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(float))
+    np.testing.assert_array_equal(table.defocus_v_angstrom, ref["rlnDefocusV"].to_numpy(float))
+    assert table.optics_index.tolist() == (ref["rlnOpticsGroup"].to_numpy() - 1).tolist()
+
+
+def test_bad_values_and_names_in_a_later_block_are_named(tmp_path, monkeypatch):
+    from cryosip.errors import InputError
+    from cryosip.io import starloop
+    from cryosip.io.particles import split_image_names
+
+    monkeypatch.setattr(starloop, "CHUNK_BYTES", 300)
+    with pytest.raises(InputError, match=r"rlnAngleRot.*'abc' in row 30"):
+        read_star(_star(tmp_path, 41, bad_row=29))
+    path = _star(tmp_path, 12, name="7@s.mrcs")
+    lines = path.read_text().splitlines()
+    k = [i for i, s in enumerate(lines) if s.startswith("7@s.mrcs")][9]  # row 10
+    lines[k] = lines[k].replace("7@s.mrcs", "0@s.mrcs", 1)
+    path.write_text("\n".join(lines))
+    table = read_star(path)
+    with pytest.raises(InputError, match=r"'0@s.mrcs' in row 10"):
+        split_image_names(path, table.image_names)
+
+
+_READ_PROBE = textwrap.dedent("""
+    import sys
+    import starfile
+    from cryosip.io import starloop
+    from cryosip.io.star import read_star
+
+    def peak_kb():
+        with open("/proc/self/status") as fh:
+            return next(int(s.split()[1]) for s in fh if s.startswith("VmHWM"))
+
+    starloop.CHUNK_BYTES = 1 << 18
+    read = {"cryosip": read_star,
+            "starfile": lambda p: starfile.read(p, always_dict=True)["particles"]}[sys.argv[2]]
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # the peak (VmHWM) restarts from the current resident memory
+    before = peak_kb()
+    print(len(read(sys.argv[1])), peak_kb() - before)
+""")
+
+
+def _read_peak_kb(path, reader: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _READ_PROBE, str(path), reader],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[1])
+
+
+@pytest.mark.slow  # ~1 min: 2 x 10^5 rows written, then read in two fresh processes
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs")
+def test_reading_a_large_star_file_takes_a_fraction_of_starfiles_memory(tmp_path):
+    n = 200_000
+    rng = np.random.default_rng(5)
+    w = ImageNuisance.create(rng.uniform(-180, 180, (n, 3)).astype(np.float32),
+                             defocus_u_angstrom=rng.uniform(1e4, 2e4, n).astype(np.float32))
+    write_star(tmp_path / "big.star", w, Optics(), pixel_size_angstrom=2.0, box_size=16)
+    ours, theirs = (_read_peak_kb(tmp_path / "big.star", r) for r in ("cryosip", "starfile"))
+    table_kb = n * (9 * 8 + 8 + 9) / 1024  # float64 columns, group index, compact names
+    assert theirs > 4 * table_kb  # starfile holds the lines and a table of strings
+    assert ours < theirs / 2, (ours, theirs, table_kb)
