@@ -182,3 +182,31 @@ def test_evaluate_scores_w2_and_its_floor_in_d_dimensions(d, tmp_path):
                                rtol=1e-6)
     capped = distances_to_truth(x, None, path, seed=0, n_subsample=100)
     assert capped["n_subsample"] == 100 and capped["w2"] > 0
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_nd_sparse_certified_path_equals_the_full_matrix(p, monkeypatch):
+    """Column generation on nearest-neighbour pairs, certified by the duals, gives the
+    full-matrix optimum: weighted, unequal sizes, zero-cost pairs (points in both sets) and
+    zero weights; for equal uniform sizes it is also an assignment's cost."""
+    from scipy.optimize import linear_sum_assignment
+
+    from cryosip.metrics import wasserstein
+
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(500, 3)), rng.normal(0.4, 1.3, size=(650, 3))
+    y[:50] = x[:50]
+    wx, wy = rng.uniform(0.1, 1, 500), rng.uniform(0.1, 1, 650)
+    wx[:20] = 0.0
+    dense = wasserstein_nd(x, wx, y, wy, p)
+    u, v = rng.uniform(size=(400, 2)), rng.uniform(size=(400, 2))
+    cost = np.sum((u[:, None] - v[None]) ** 2, axis=-1) ** (p / 2)
+    rows, cols = linear_sum_assignment(cost)
+    monkeypatch.setattr(wasserstein, "_DENSE_PAIRS", 0)
+    np.testing.assert_allclose(wasserstein_nd(x, wx, y, wy, p), dense, rtol=1e-10)
+    np.testing.assert_allclose(wasserstein_nd(u, None, v, None, p),
+                               cost[rows, cols].mean() ** (1 / p), rtol=1e-10)
+    # one neighbour each way: the first sparse optimum is not the full one, and the pairs
+    # that violate the duals are added round after round until it is
+    monkeypatch.setattr(wasserstein, "_NEIGHBOURS", 1)
+    np.testing.assert_allclose(wasserstein_nd(x, wx, y, wy, p), dense, rtol=1e-10)
