@@ -10,11 +10,11 @@ With a ``truth.npz`` (written by ``cryosip simulate``):
   ``n_sub = min(N, n_subsample)`` true x; ``n_subsample`` 10^4 by default), exact optimal
   transport (POT's network simplex, :func:`~cryosip.metrics.wasserstein_nd`); ``floor`` =
   W2 between ``n_sub`` fresh truth samples and the same subsample (one draw): what a
-  perfect sampler of the truth scores with ``n_sub`` samples. Cost, measured on 2 CPU
-  cores in 3-D: ``w2`` of 300 particles against 10^4 samples about 1 s; the floor is an
-  ``n_sub x n_sub`` problem, under 1 s at ``n_sub = 2000`` and about 30 s (0.8 GB) at 10^4,
-  so it is computed once per truth file, seed and ``n_sub`` in a process and reused
-  (scoring several runs against one data set pays it once).
+  perfect sampler of the truth scores with ``n_sub`` samples. Cost, measured on 2 busy CPU
+  cores (load 7): ``w2`` of 300 particles against 10^4 samples 2-3 s; the floor, an
+  ``n_sub x n_sub`` problem, 2 s at ``n_sub = 3000`` and 6 s (3-D) to 16 s (2-D) at 10^4. It
+  is computed once per truth file, seed and ``n_sub`` in a process and reused (scoring
+  several runs against one data set pays it once).
 * ``populations``: mass of each named state of the model, recovered and true.
 
 From the run folder alone (``run.json`` and ``heldout.npz``,
