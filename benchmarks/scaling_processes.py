@@ -15,7 +15,11 @@ residue), box 32, 4 Å pixels, SNR 0.05, bimodal truth, known poses, simulated o
   (weak scaling).
 
 Images/s = minibatch / ``per_step_s`` (the flow's median time per step over the chunks
-after the first, compiled, one: :attr:`cryosip.flows.FlowResult.timings`). The ratio
+after the first, compiled, one: :attr:`cryosip.flows.FlowResult.timings`). Beside it, each
+process's CPU seconds per step (``time.process_time`` around each chunk, all its threads,
+median over the chunks after the first): on a shared machine wall time depends on the
+other users' load, CPU time much less, so equal CPU seconds per step in the single and the
+parallel run say the parallel one does no extra work per image. The ratio
 ``images/s(P) / images/s(1)`` is the figure (target >= 0.85 P, 1.7 at P = 2). The machine
 may be shared: the two are run ``--repeats`` times (default 3) interleaved, each ratio is
 printed and stored with the load average before and after.
@@ -62,14 +66,23 @@ configure_process()
 from cryosip import distributed
 if flag("--coordinator"):
     distributed.initialize(flag("--coordinator"), int(flag("--num-processes")), index)
+import time, jax, numpy as np
+import cryosip.flows.run as run
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.reconstruct import reconstruct
+cpu, chunk = [], run._chunk
+def timed(*args):  # CPU seconds of this process (all its threads) per chunk
+    c0 = time.process_time()
+    out = jax.block_until_ready(chunk(*args))
+    cpu.append(time.process_time() - c0)
+    return out
+run._chunk = timed
 config = ReconstructConfig.model_validate_json(Path(sys.argv[1]).read_text())
 result = reconstruct(config, sys.argv[2])
-if distributed.is_main():
-    Path(sys.argv[2], "timings.json").write_text(json.dumps({
-        **result.flow.timings, "steps": result.flow.n_steps,
-        "batch_size": config.minibatch_size, "cores": sorted(os.sched_getaffinity(0))}))
+cpu_per_step = float(np.median(cpu[1:] or cpu)) / config.loop.history_every
+Path(sys.argv[2], f"timings{index}.json").write_text(json.dumps({
+    **result.flow.timings, "cpu_s_per_step": cpu_per_step, "steps": result.flow.n_steps,
+    "batch_size": config.minibatch_size, "cores": sorted(os.sched_getaffinity(0))}))
 """
 
 
@@ -115,9 +128,12 @@ def one_run(work: Path, name: str, config, processes: int) -> dict:
         code = launch_local(command, processes).returncode
     if code:
         raise SystemExit(f"{name}: a process exited with code {code}")
-    timings = json.loads((out / "timings.json").read_text())
+    timings = json.loads((out / "timings0.json").read_text())
     timings["wall_s"] = time.perf_counter() - t0
     timings["images_per_s"] = timings["batch_size"] / timings["per_step_s"]
+    timings["cpu_s_per_step_each"] = [
+        json.loads((out / f"timings{p}.json").read_text())["cpu_s_per_step"]
+        for p in range(processes)]
     return timings
 
 
@@ -145,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         multi = one_run(work, "multi", run_config(data, args.processes * args.batch_size,
                                                   args.steps), args.processes)
         ratio = multi["images_per_s"] / single["images_per_s"]
+        cpu_ratio = max(multi["cpu_s_per_step_each"]) / single["cpu_s_per_step"]
         rows.append({"repeat": repeat, "single": single, "multi": multi, "ratio": ratio,
+                     "cpu_per_step_ratio": cpu_ratio,
                      "load_average_before": load_before,
                      "load_average_after": os.getloadavg()[0]})
         load_after = rows[-1]["load_average_after"]
         print(f"repeat {repeat}: 1 process {single['images_per_s']:.1f} images/s, "
               f"{args.processes} processes {multi['images_per_s']:.1f} images/s, ratio "
-              f"{ratio:.2f} (load average {load_before:.1f} -> {load_after:.1f})", flush=True)
+              f"{ratio:.2f}; CPU s per step and process {single['cpu_s_per_step']:.3f} vs "
+              f"{max(multi['cpu_s_per_step_each']):.3f} (load average {load_before:.1f} -> "
+              f"{load_after:.1f})", flush=True)
     ratios = [r["ratio"] for r in rows]
     record = {
         "command": "python benchmarks/scaling_processes.py "

@@ -16,8 +16,10 @@ same program on every process. The flow is data parallel over it:
   .. math::  \sum_p \frac{B_p}{B} D(\mu; \text{share}_p) = D(\mu; \text{batch})
              \quad\text{(gradients exactly; values up to observation-only terms)},
 
-  the single-process step up to rounding. ``B`` must be a multiple of ``P`` (equal shares
-  keep one program for every process);
+  the single-process step up to rounding (KL, MMD; a registered sample discrepancy with
+  known poses draws its simulations' nuisances from each share instead of the whole
+  batch). ``B`` must be a multiple of ``P`` (equal shares keep one program for every
+  process); the gradient is summed in a ``custom_vjp`` (:func:`_shared`);
 * particles and weights stay replicated: every process applies the same summed gradient.
   The solver, the objective's arrays and numbers and the initial state are broadcast from
   process 0 first, so processes on different machines cannot start apart.
