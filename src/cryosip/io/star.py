@@ -53,7 +53,14 @@ import starfile
 
 from cryosip.errors import InputError
 from cryosip.forward import ImageNuisance, Optics
-from cryosip.io.starloop import LoopColumns, StarLoop, particle_loop, read_loop, scan_loops
+from cryosip.io.starloop import (
+    LoopColumns,
+    StarLoop,
+    particle_loop,
+    read_loop,
+    release_freed_memory,
+    scan_loops,
+)
 
 __all__ = ["ParticleTable", "read_star", "write_star"]
 
@@ -347,11 +354,14 @@ def read_star(
     du = _column(path, particles, "rlnDefocusU")
     dv = _column(path, particles, "rlnDefocusV") if "rlnDefocusV" in particles.columns else du
     pixel = float(groups.pixel_rows[0])
-    return ParticleTable(
+    table = ParticleTable(
         _names(particles), euler, shift, du, dv.copy(),
         _column(path, particles, "rlnDefocusAngle", 0.0),
         _column(path, particles, "rlnPhaseShift", 0.0), groups.optics, groups.index, pixel,
         groups.box, known, groups.names)
+    del particles  # the columns the table does not keep, before the heap is trimmed
+    release_freed_memory()
+    return table
 
 
 def _shortest(values: np.ndarray) -> list[str]:
