@@ -164,6 +164,17 @@ def test_one_failing_process_stops_the_others_without_hanging():
     assert time.perf_counter() - t0 < 30
 
 
+def test_local_processes_get_one_gpu_each(monkeypatch):
+    """Child i sees GPU i (exit 0), or the i-th of the parent's CUDA_VISIBLE_DEVICES."""
+    script = ("import os, sys; i = sys.argv[sys.argv.index('--process-id') + 1]; "
+              "sys.exit(0 if os.environ['CUDA_VISIBLE_DEVICES'] == sys.argv[1].split(',')[int(i)]"
+              " else 5)")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert launch_local([sys.executable, "-c", script, "0,1"], 2).returncode == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert launch_local([sys.executable, "-c", script, "3,5"], 2).returncode == 0
+
+
 def test_process_flags_are_checked():
     assert parse_coordinator("10.0.0.1:1234") == ("10.0.0.1", 1234)
     for bad in ("10.0.0.1", ":12", "host:0", "host:port"):

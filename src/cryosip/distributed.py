@@ -271,13 +271,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _gpu_env(index: int, n_processes: int) -> dict[str, str]:
+    """The environment of local process ``index``: one GPU each (``CUDA_VISIBLE_DEVICES``
+    entry ``index`` of the parent's list, or ``index``), unless the parent lists fewer GPUs
+    than processes (then left as it is). No effect on a machine without GPUs."""
+    env = dict(os.environ)
+    given = env.get("CUDA_VISIBLE_DEVICES")
+    visible = given.split(",") if given else [str(i) for i in range(n_processes)]
+    if len(visible) >= n_processes:
+        env["CUDA_VISIBLE_DEVICES"] = visible[index]
+    return env
+
+
 def launch_local(command: Sequence[str], n_processes: int,
                  poll_s: float = 0.1) -> LaunchResult:
     """Run ``command --coordinator 127.0.0.1:PORT --num-processes P --process-id I`` for
-    ``I = 0..P-1`` and wait; the first process to fail stops the others (no hang)."""
+    ``I = 0..P-1`` (one GPU each where there are GPUs) and wait; the first process to fail
+    stops the others (no hang)."""
     coordinator = f"127.0.0.1:{free_port()}"
     procs = [subprocess.Popen([*command, "--coordinator", coordinator, "--num-processes",
-                               str(n_processes), "--process-id", str(i)])
+                               str(n_processes), "--process-id", str(i)],
+                              env=_gpu_env(i, n_processes))
              for i in range(n_processes)]
     try:
         while True:
