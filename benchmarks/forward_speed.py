@@ -32,6 +32,27 @@ Run: ``.venv/bin/python benchmarks/forward_speed.py [--batch 16 128] [--repeats 
 each repeat is kept in ``ratio_*_per_repeat``).
 Writes ``benchmarks/results/forward_speed.json`` (``forward_speed_xla_default.json`` with
 ``--xla-default``): one row per structure, box and batch size.
+
+**--likelihood** (issue 11): the Gaussian log-likelihood of a batch of (structure, nuisance,
+observed image) triples AND its gradient with respect to the atom positions (one
+structure, ``B`` nuisances; same structures, boxes, batches and nuisances as above). The
+observations are cryosip's real-space images of the atoms moved by 0.5 Å rms plus white
+noise at SNR 1. Timed, interleaved, in the same run:
+
+* ``cryosip-fourier``: :class:`cryosip.forward.fourier.FourierOperator` (window projection,
+  band DFT by constant matrices, CTF and likelihood on the band) with a trivial model whose
+  ``x`` is the atom positions; the observations whitened once by ``FourierBand.prepare``
+  outside the timing;
+* ``cryosip-real``: cryosip's previous path, ``render_images`` + the pixel likelihood;
+* ``cryojax-<method>``: cryojax renders with each of its projection methods, then the same
+  pixel likelihood; gradient by ``jax.grad``.
+
+A cryojax method counts when its per-image log-likelihoods (the data term
+``-|y - x|^2 / 2 sigma^2``), its gradient norm and its gradient vector are all within 1% of
+cryosip's (relative). ``ratio`` = t(fastest counting cryojax) / t(cryosip-fourier), with the
+ratio of each repeat; ``ratio_real_space`` = t(cryosip-real) / t(cryosip-fourier).
+``--structures``/``--boxes`` select cases, ``--merge`` keeps the other rows of the file.
+Writes ``benchmarks/results/forward_speed_likelihood.json``.
 """
 
 from __future__ import annotations
@@ -67,8 +88,9 @@ from cryosip.forward import (  # noqa: E402
     rotate_and_shift,
     window_pixels_for,
 )
+from cryosip.forward.fourier import FourierBand, FourierOperator  # noqa: E402
 from cryosip.forward.image_model import ImageModel  # noqa: E402
-from cryosip.structures.base import Atoms  # noqa: E402
+from cryosip.structures.base import AbstractConformationModel, Atoms  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "forward_speed.json"
 PRIOR = NuisancePrior(defocus_range_angstrom=(10000.0, 25000.0), astigmatism_angstrom=1000.0)
@@ -123,7 +145,8 @@ def cryosip_fns(atoms: Atoms, cfg: ImageConfig, window: int):
     return jax.jit(images), jax.jit(jax.value_and_grad(loss))
 
 
-def cryojax_fns(atoms: Atoms, box: int, pixel: float, integrator):
+def cryojax_images(atoms: Atoms, box: int, pixel: float, integrator):
+    """cryojax's images ``(pos, w) -> (batch, box, box)`` (not jitted)."""
     import cryojax.simulator as cxs
 
     variances = atoms.widths_angstrom**2
@@ -149,6 +172,11 @@ def cryojax_fns(atoms: Atoms, box: int, pixel: float, integrator):
         ctf = (w.defocus_u_angstrom, w.defocus_v_angstrom, w.astigmatism_angle_deg)
         return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(pos, w.euler_deg, *ctf)
 
+    return images
+
+
+def cryojax_fns(atoms: Atoms, box: int, pixel: float, integrator):
+    images = cryojax_images(atoms, box, pixel, integrator)
     loss = lambda pos, w, target: jnp.sum(images(pos, w) * target)
     return jax.jit(images), jax.jit(jax.value_and_grad(loss))
 
@@ -290,6 +318,184 @@ def print_row(row: dict) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# --likelihood: Gaussian log-likelihood + gradient of a batch (issue 11)
+# ---------------------------------------------------------------------------------------
+
+LIKELIHOOD_RESULTS = Path(__file__).parent / "results" / "forward_speed_likelihood.json"
+
+
+class PositionsModel(AbstractConformationModel):
+    """A trivial conformation model: ``x`` is the flattened atom positions (Å)."""
+
+    amplitudes: jax.Array
+    widths: jax.Array
+    lower: jax.Array
+    upper: jax.Array
+
+    def structure_at(self, x):
+        return Atoms(jnp.reshape(x, (-1, 3)), self.amplitudes, self.widths)
+
+
+def likelihood_problem(atoms: Atoms, cfg: ImageConfig, batch: int, window: int):
+    """Nuisances, noisy observed images and their noise: the observations are cryosip's
+    real-space images of the atoms moved by 0.5 Å rms (so the gradient carries signal),
+    plus white noise at SNR 1 (noise variance = the clean images' variance)."""
+    w = nuisances(batch)
+    moved = atoms.positions_angstrom + 0.5 / np.sqrt(3) * jax.random.normal(
+        jax.random.key(5), atoms.positions_angstrom.shape)
+    clean = render_images(Atoms(moved, atoms.amplitudes, atoms.widths_angstrom), w, cfg,
+                          Optics(), window)
+    sigma = float(jnp.std(clean))
+    ys = clean + sigma * jax.random.normal(jax.random.key(6), clean.shape)
+    return w, ys, sigma
+
+
+def _with_grad(per_image):
+    """``(pos, w, ys) -> ((sum of log-likelihoods, per image), d sum / d pos)``."""
+    def total(pos, w, ys):
+        ll = per_image(pos, w, ys)
+        return jnp.sum(ll), ll
+    return jax.jit(jax.value_and_grad(total, has_aux=True))
+
+
+def gaussian_ll(images, ys, sigma):
+    """Per-image pixel-space Gaussian log-likelihood, constant included."""
+    d = ys.shape[-1] * ys.shape[-2]
+    resid = jnp.sum((ys - images) ** 2, axis=(-2, -1))
+    return -0.5 * resid / sigma**2 - 0.5 * d * jnp.log(2.0 * jnp.pi * sigma**2)
+
+
+def likelihood_fns(atoms: Atoms, cfg: ImageConfig, window: int, sigma: float, methods):
+    """``label -> (fn(pos, w, ys), needs_band)``: cryosip's Fourier band path (FourierOperator
+    with a trivial model, observations whitened once), cryosip's real-space path
+    (render_images + the pixel likelihood) and cryojax with each projection method."""
+    import cryojax.simulator as cxs
+
+    n = atoms.n_atoms
+    big = jnp.full(3 * n, 1e3)
+    model = PositionsModel(amplitudes=atoms.amplitudes, widths=atoms.widths_angstrom,
+                           lower=-big, upper=big)
+    op = FourierOperator(model, FourierBand(cfg.box_size, cfg.pixel_size_angstrom), Optics(),
+                         PRIOR, sigma, window=window)
+
+    def fourier(pos, w, ys_band):
+        return op.log_likelihood_grid(ys_band, jnp.reshape(pos, (1, -1)), w)[:, 0]
+
+    def real(pos, w, ys):
+        a = Atoms(pos, atoms.amplitudes, atoms.widths_angstrom)
+        return gaussian_ll(render_images(a, w, cfg, Optics(), window), ys, sigma)
+
+    fns = {"cryosip-fourier": (_with_grad(fourier), True),
+           "cryosip-real": (_with_grad(real), False)}
+    integrators = {
+        "dense": cxs.GaussianMixtureProjection(),
+        "dense-cropped": cxs.GaussianMixtureProjection(shape=(window, window)),
+        "spread5": cxs.GaussianMixtureProjection(n_spread=5),
+    }
+    for m in methods:
+        render = cryojax_images(atoms, cfg.box_size, cfg.pixel_size_angstrom, integrators[m])
+
+        def cj(pos, w, ys, render=render):
+            return gaussian_ll(-render(pos, w), ys, sigma)  # cryojax's CTF is -1 x RELION's
+
+        fns[f"cryojax-{m}"] = (_with_grad(cj), False)
+    return fns
+
+
+def likelihood_case(name, atoms, box, pixel, batch, methods, rounds, repeats) -> dict:  # noqa: PLR0913 - one benchmark case, as bench_case
+    cfg = ImageConfig(box, pixel)
+    window = window_pixels_for(atoms, cfg)
+    w, ys, sigma = likelihood_problem(atoms, cfg, batch, window)
+    ys_band = jnp.asarray(FourierBand(box, pixel).prepare(ys, sigma))  # once, not timed
+    pos = atoms.positions_angstrom
+    fns = likelihood_fns(atoms, cfg, window, sigma, methods)
+    calls = {k: (fn, (pos, w, ys_band if band else ys)) for k, (fn, band) in fns.items()}
+    values = {}
+    for k, (fn, args) in calls.items():
+        (_, ll), g = fn(*args)
+        values[k] = (np.asarray(ll, np.float64), np.asarray(g, np.float64))
+    runs = [interleaved_times(calls, rounds) for _ in range(repeats)]
+    ll0, g0 = values["cryosip-fourier"]
+    const = -0.5 * box * box * np.log(2 * np.pi * sigma**2)
+    row = {"structure": name, "box": box, "pixel_angstrom": pixel, "window": window,
+           "batch": batch, "repeats": repeats, "rounds": rounds, "noise_std": sigma}
+    for k in calls:
+        ll, g = values[k]
+        t = float(np.median([r[k] for r in runs]))
+        row[k] = {
+            "time_s": t, "img_s": batch / t, "times_per_repeat_s": [r[k] for r in runs],
+            # relative differences to cryosip's Fourier path: the log-likelihoods (constant
+            # included, and the data term -|y - x|^2 / 2 sigma^2 alone), the gradient's norm
+            # and the gradient as a vector
+            "ll_rel": float(np.max(np.abs(ll - ll0)) / np.max(np.abs(ll0))),
+            "ll_data_rel": float(np.linalg.norm(ll - ll0) / np.linalg.norm(ll0 - const)),
+            "grad_norm_rel": float(abs(np.linalg.norm(g) - np.linalg.norm(g0))
+                                   / np.linalg.norm(g0)),
+            "grad_rel": float(np.linalg.norm(g - g0) / np.linalg.norm(g0)),
+        }
+    cj = [k for k in calls if k.startswith("cryojax-")]
+    # "the same numbers": log-likelihoods, gradient norm and gradient vector within 1%
+    ok = [k for k in cj if max(row[k][e] for e in ("ll_data_rel", "grad_norm_rel", "grad_rel"))
+          < 0.01]
+    row["cryojax_accurate"] = ok
+    if ok:
+        best = min(ok, key=lambda k: row[k]["time_s"])
+        row["cryojax_best"] = best
+        row["ratio"] = row[best]["time_s"] / row["cryosip-fourier"]["time_s"]
+        row["ratio_per_repeat"] = [min(r[k] for k in ok) / r["cryosip-fourier"] for r in runs]
+    fastest = min(cj, key=lambda k: row[k]["time_s"])
+    row["ratio_any"] = row[fastest]["time_s"] / row["cryosip-fourier"]["time_s"]
+    row["ratio_real_space"] = row["cryosip-real"]["time_s"] / row["cryosip-fourier"]["time_s"]
+    row["ratio_real_space_per_repeat"] = [r["cryosip-real"] / r["cryosip-fourier"] for r in runs]
+    return row
+
+
+def print_likelihood_row(row: dict) -> None:
+    print(f"{row['structure']:>18} box {row['box']:>3} ({row['pixel_angstrom']} Å, "
+          f"W={row['window']}), batch {row['batch']}: log-likelihood + gradient")
+    for k, v in row.items():
+        if isinstance(v, dict):
+            print(f"    {k:>22}: {1e3 * v['time_s']:9.2f} ms  {v['img_s']:9.1f} img/s   "
+                  f"ll {v['ll_rel']:.1e} (data term {v['ll_data_rel']:.1e})  "
+                  f"|grad| {v['grad_norm_rel']:.1e}  grad {v['grad_rel']:.1e}")
+    if "ratio" in row:
+        per = " ".join(f"{r:.2f}" for r in row["ratio_per_repeat"])
+        print(f"    cryosip Fourier / cryojax fastest accurate ({row['cryojax_best']}): "
+              f"{row['ratio']:.2f}x (per repeat {per})")
+    else:
+        print("    no cryojax method within 1%")
+    per = " ".join(f"{r:.2f}" for r in row["ratio_real_space_per_repeat"])
+    print(f"    vs cryojax fastest any: {row['ratio_any']:.2f}x; vs cryosip real space: "
+          f"{row['ratio_real_space']:.2f}x (per repeat {per})", flush=True)
+
+
+def likelihood_main(args) -> int:
+    sizes = [(64, 2.0)] if args.quick else [(64, 2.0), (128, 1.0)]
+    sizes = [s for s in sizes if args.boxes is None or s[0] in args.boxes]
+    methods = ["dense-cropped", "spread5"] if args.quick else ["dense", "dense-cropped", "spread5"]
+    rows = []
+    for name, atoms in load_adk().items():
+        if args.structures and not any(s in name for s in args.structures):
+            continue
+        for (box, pixel), batch in itertools.product(sizes, args.batch):
+            rows.append(likelihood_case(name, atoms, box, pixel, batch, methods, args.rounds,
+                                        args.repeats))
+            print_likelihood_row(rows[-1])
+    out = Path(args.out) if args.out else LIKELIHOOD_RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"batches": args.batch, "rounds": args.rounds, "repeats": args.repeats,
+            "cryojax": importlib.metadata.version("cryojax"),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+            "cpu_count": os.cpu_count(), "argv": sys.argv[1:]}
+    old = json.loads(out.read_text()) if out.exists() and args.merge else {"rows": []}
+    keys = {(r["structure"], r["box"], r["batch"]) for r in rows}
+    kept = [r for r in old["rows"] if (r["structure"], r["box"], r["batch"]) not in keys]
+    out.write_text(json.dumps({"meta": meta, "rows": kept + rows}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -301,7 +507,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="independent timings (medians are reported)"
     )
+    parser.add_argument("--likelihood", action="store_true",
+                        help="log-likelihood + gradient vs cryojax (issue 11) instead of images")
+    parser.add_argument("--structures", nargs="+", help="--likelihood: 'all-atom' and/or 'beads'")
+    parser.add_argument("--boxes", type=int, nargs="+", help="--likelihood: 64 and/or 128")
+    parser.add_argument("--out", help="--likelihood: results file")
+    parser.add_argument("--merge", action="store_true",
+                        help="--likelihood: keep the other cases' rows of the results file")
     args = parser.parse_args(argv)
+    if args.likelihood:
+        return likelihood_main(args)
     sizes = [(64, 2.0)] if args.quick else [(64, 2.0), (128, 1.0)]
     methods = ["dense-cropped", "spread5"] if args.quick else ["dense", "dense-cropped", "spread5"]
     rows = []
