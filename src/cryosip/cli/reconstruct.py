@@ -134,8 +134,10 @@ def add_process_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", default=None,
                    help="HOST:PORT of process 0's coordinator (with --num-processes, "
                         "--process-id)")
-    g.add_argument("--num-processes", type=int, default=None, dest="num_processes")
-    g.add_argument("--process-id", type=int, default=None, dest="process_id")
+    g.add_argument("--num-processes", type=int, default=None, dest="num_processes",
+                   help="P, the number of processes (with --coordinator)")
+    g.add_argument("--process-id", type=int, default=None, dest="process_id",
+                   help="this process's id, 0..P-1 (0 writes the outputs)")
 
 
 _BUILTIN = ("adk-path", "adk-domains", "hinge")
