@@ -148,6 +148,22 @@ def fourier_phases(fop: FourierOperator, kind: str, xs, weights, batch: Observat
 
     bands = jax.jit(dft)(crops, firsts)  # (n_obs, p, 2, 2, K+1, K+1)
 
+    def dft_gemm(crops, firsts):
+        """The same band DFT as two 2-D products with the constant matrix on the right
+        (one large GEMM each, a transpose between), instead of a batched einsum."""
+        mat = jnp.asarray(window_dft(band, crops.shape[-1]), crops.dtype)  # (2(K+1), W)
+        lead, w = crops.shape[:-2], crops.shape[-1]
+        t = jnp.reshape(crops, (-1, w)) @ mat.T  # [.., r, l]
+        t = jnp.swapaxes(jnp.reshape(t, (*lead, w, -1)), -1, -2)  # [.., l, r]
+        blocks = jnp.swapaxes(jnp.reshape(jnp.reshape(t, (-1, w)) @ mat.T,
+                                          (*lead, mat.shape[0], -1)), -1, -2)  # [.., k, l]
+        m = _halves(blocks, band.half + 1)
+        return _complex_mul(m, _shift_phase(band, firsts).astype(m.dtype))
+
+    same = jnp.max(jnp.abs(jax.jit(dft_gemm)(crops, firsts) - bands)) / jnp.max(jnp.abs(bands))
+    if not same < 1e-4:
+        raise AssertionError(f"band DFT as 2-D GEMMs differs: {float(same):.2e}")
+
     def likelihood(bands, weights, ys, nuisance):
         ctf = jax.vmap(fop.whitened_ctf)(nuisance)  # (n_obs, 2, K+1, K+1)
         if kind == "kl":
@@ -161,6 +177,8 @@ def fourier_phases(fop: FourierOperator, kind: str, xs, weights, batch: Observat
         "structures": (jax.jit(lambda xs: jax.vmap(model.structure_at)(xs)), (xs,)),
         "projection": (jax.jit(project), (atoms, batch.nuisance)),
         "band_dft": (jax.jit(dft), (crops, firsts)),
+        "band_dft_as_2d_gemms (alternative, not in the step)": (jax.jit(dft_gemm),
+                                                                 (crops, firsts)),
         "ctf_likelihood": (jax.jit(likelihood), (bands, weights, batch.values, batch.nuisance)),
     }, chunk
 
@@ -248,6 +266,8 @@ def bench_model(name: str, spec: dict, kinds, rounds: int, repeats: int) -> list
         row["fourier_phases_s"] = {
             k: med[(kind, "fourier", k)]
             for k in ("structures", "projection", "band_dft", "ctf_likelihood")}
+        alt = "band_dft_as_2d_gemms (alternative, not in the step)"
+        row["band_dft_as_2d_gemms_s"] = med[(kind, "fourier", alt)]
         row["fourier_phases_s"]["backward (step - forward)"] = (
             row["fourier_step_s"] - row["fourier_forward_s"])
         row["matmul_s"] = {k[2]: mult * med[k] for k in mm_keys}
@@ -281,6 +301,7 @@ def print_row(row: dict) -> None:
     print(f"    Fourier forward {ms(row['fourier_forward_s'])}; phases:")
     for k, t in row["fourier_phases_s"].items():
         print(f"        {k:>28}: {ms(t)}")
+    print(f"        (the band DFT as two 2-D GEMMs instead: {ms(row['band_dft_as_2d_gemms_s'])})")
     print("    matmuls alone (same shapes):")
     for k, t in row["matmul_s"].items():
         gf = row["matmul_gflop"][k]

@@ -48,9 +48,11 @@ noise at SNR 1. Timed, interleaved, in the same run:
   pixel likelihood; gradient by ``jax.grad``.
 
 A cryojax method counts when its per-image log-likelihoods (the data term
-``-|y - x|^2 / 2 sigma^2``), its gradient norm and its gradient vector are all within 1% of
-cryosip's (relative). ``ratio`` = t(fastest counting cryojax) / t(cryosip-fourier), with the
-ratio of each repeat; ``ratio_real_space`` = t(cryosip-real) / t(cryosip-fourier).
+``-|y - x|^2 / 2 sigma^2``) and its gradient norm are within 1% of cryosip's (relative), and
+its gradient vector within 10% (``likelihood_ratios``). ``--reprint FILE`` recomputes the
+ratios of a results file and prints its rows. ``ratio`` = t(fastest counting cryojax) /
+t(cryosip-fourier), with the ratio of each repeat; ``ratio_real_space`` = t(cryosip-real) /
+t(cryosip-fourier).
 ``--structures``/``--boxes`` select cases, ``--merge`` keeps the other rows of the file.
 Writes ``benchmarks/results/forward_speed_likelihood.json``.
 """
@@ -434,21 +436,34 @@ def likelihood_case(name, atoms, box, pixel, batch, methods, rounds, repeats) ->
                                    / np.linalg.norm(g0)),
             "grad_rel": float(np.linalg.norm(g - g0) / np.linalg.norm(g0)),
         }
-    cj = [k for k in calls if k.startswith("cryojax-")]
-    # "the same numbers": log-likelihoods, gradient norm and gradient vector within 1%
-    ok = [k for k in cj if max(row[k][e] for e in ("ll_data_rel", "grad_norm_rel", "grad_rel"))
-          < 0.01]
+    likelihood_ratios(row)
+    return row
+
+
+def likelihood_ratios(row: dict) -> None:
+    """The ratios of a row from its per-repeat times (in place).
+
+    A cryojax method counts when its log-likelihoods (data term) and gradient norm are
+    within 1% of cryosip's (the issue's criterion) and its gradient vector within 10%
+    (``spread5`` for beads has the norm within 1% but the vector 48-120% off)."""
+    cj = [k for k in row if k.startswith("cryojax-")]
+    ok = [k for k in cj if max(row[k]["ll_data_rel"], row[k]["grad_norm_rel"]) < 0.01
+          and row[k]["grad_rel"] < 0.1]
+    per = lambda k: row[k]["times_per_repeat_s"]
     row["cryojax_accurate"] = ok
+    for key in ("cryojax_best", "ratio", "ratio_per_repeat"):
+        row.pop(key, None)
     if ok:
         best = min(ok, key=lambda k: row[k]["time_s"])
         row["cryojax_best"] = best
         row["ratio"] = row[best]["time_s"] / row["cryosip-fourier"]["time_s"]
-        row["ratio_per_repeat"] = [min(r[k] for k in ok) / r["cryosip-fourier"] for r in runs]
+        row["ratio_per_repeat"] = [min(per(k)[i] for k in ok) / t
+                                   for i, t in enumerate(per("cryosip-fourier"))]
     fastest = min(cj, key=lambda k: row[k]["time_s"])
     row["ratio_any"] = row[fastest]["time_s"] / row["cryosip-fourier"]["time_s"]
     row["ratio_real_space"] = row["cryosip-real"]["time_s"] / row["cryosip-fourier"]["time_s"]
-    row["ratio_real_space_per_repeat"] = [r["cryosip-real"] / r["cryosip-fourier"] for r in runs]
-    return row
+    row["ratio_real_space_per_repeat"] = [
+        a / b for a, b in zip(per("cryosip-real"), per("cryosip-fourier"), strict=True)]
 
 
 def print_likelihood_row(row: dict) -> None:
@@ -464,7 +479,7 @@ def print_likelihood_row(row: dict) -> None:
         print(f"    cryosip Fourier / cryojax fastest accurate ({row['cryojax_best']}): "
               f"{row['ratio']:.2f}x (per repeat {per})")
     else:
-        print("    no cryojax method within 1%")
+        print("    no cryojax method within 1% (log-likelihood, |grad|) and 10% (grad)")
     per = " ".join(f"{r:.2f}" for r in row["ratio_real_space_per_repeat"])
     print(f"    vs cryojax fastest any: {row['ratio_any']:.2f}x; vs cryosip real space: "
           f"{row['ratio_real_space']:.2f}x (per repeat {per})", flush=True)
@@ -514,7 +529,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="--likelihood: results file")
     parser.add_argument("--merge", action="store_true",
                         help="--likelihood: keep the other cases' rows of the results file")
+    parser.add_argument("--reprint", help="--likelihood: recompute ratios of this file, print")
     args = parser.parse_args(argv)
+    if args.reprint:
+        data = json.loads(Path(args.reprint).read_text())
+        for row in data["rows"]:
+            likelihood_ratios(row)
+            print_likelihood_row(row)
+        Path(args.reprint).write_text(json.dumps(data, indent=2))
+        return 0
     if args.likelihood:
         return likelihood_main(args)
     sizes = [(64, 2.0)] if args.quick else [(64, 2.0), (128, 1.0)]
