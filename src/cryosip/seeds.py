@@ -38,6 +38,7 @@ STREAMS: dict[str, str] = {
     "images": "poses, CTFs and noise of a simulated data set",
     "baseline": "the support and initialisation of a discretize-then-optimise baseline",
     "toy": "the observations of a toy problem",
+    "bootstrap": "the resampled images and the keys of the bootstrap refits",
 }
 """Every stream name, with what it draws (a name not listed here is refused)."""
 

@@ -44,8 +44,8 @@ from cryosip.errors import InputError, from_validation, read_yaml
 from cryosip.flows import SolverConfig
 
 __all__ = ["DataSection", "KLSection", "LoopSection", "MMDSection", "OutputsSection",
-           "ReconstructConfig", "SampleSection", "SolverSection", "absolute_paths", "load_config",
-           "parse_config", "read_yaml", "write_config"]
+           "ReconstructConfig", "SampleSection", "SolverSection", "UncertaintySection",
+           "absolute_paths", "load_config", "parse_config", "read_yaml", "write_config"]
 
 
 class _Section(BaseModel):
@@ -187,6 +187,13 @@ class OutputsSection(_Section):
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
 
 
+class UncertaintySection(_Section):
+    """``bootstrap`` warm-started refits on resampled images for the 90% bands of the
+    density, populations and free energy (0: none; :mod:`cryosip.pipeline.bootstrap`)."""
+
+    bootstrap: int = Field(4, ge=0)
+
+
 class ReconstructConfig(_Section):
     """Every number of a reconstruction; ``data.particles`` and ``model`` say what to fit.
 
@@ -200,6 +207,7 @@ class ReconstructConfig(_Section):
     solver: SolverSection = SolverSection()
     loop: LoopSection = LoopSection()
     outputs: OutputsSection = OutputsSection()
+    uncertainty: UncertaintySection = UncertaintySection()
     seed: int = 0
 
     @model_validator(mode="before")

@@ -5,7 +5,13 @@
 ``losses [n_steps]``, ``method``, ``status``, the data scale (``offset``, ``contrast``,
 ``noise_std`` in data units, ``noise_std_model``), the flow geometry (``flow_box``,
 ``flow_pixel_size_angstrom``) and the image split (``train_index``, ``heldout_index``).
-Baselines write the same file with a history of length one.
+Baselines write the same file with a history of length one. With a bootstrap
+(:mod:`cryosip.pipeline.bootstrap`, :func:`bootstrap_arrays`) it also holds the refits
+(``bootstrap_positions [B, n_particles, dim]``, ``bootstrap_weights [B, n_particles]``)
+and the 90% bands: ``band_grid [dim, G]``, ``band_density``, ``band_density_lo``,
+``band_density_hi``, ``band_free_energy`` (and ``_lo``, ``_hi``) ``[dim, G]`` (per-axis
+marginals), ``population_names [S]``, ``population_value``, ``population_lo``,
+``population_hi [S]`` and ``bootstrap_populations [B, S]``.
 
 Structures at the weighted quantiles ``q`` of each coordinate (the other coordinates at
 their weighted medians) go to ``structures/x_<axis>_q<q>.pdb`` and their maps, rendered at
@@ -32,12 +38,14 @@ import numpy as np
 from cryosip import plotting
 from cryosip.forward import ImageConfig, render_volume
 from cryosip.io import write_map
+from cryosip.pipeline.bootstrap import BootstrapResult, bootstrap_record
 from cryosip.pipeline.report import write_report
 from cryosip.provenance import atomic_savez, atomic_write_text
 from cryosip.structures.pdb import write_pdb
 
-__all__ = ["contour_level", "weighted_quantile", "write_chimerax_script", "write_ensemble",
-           "write_figures", "write_run_report", "write_structures"]
+__all__ = ["bootstrap_arrays", "bootstrap_record", "contour_level", "weighted_quantile",
+           "write_chimerax_script", "write_ensemble", "write_figures", "write_run_report",
+           "write_structures"]
 
 _COLOURS = ("cornflowerblue", "mediumseagreen", "salmon", "goldenrod", "orchid", "slategray")
 """ChimeraX colour names (CSS), one per quantile of an axis, lowest quantile first."""
@@ -61,6 +69,26 @@ def write_ensemble(path: Path, positions, weights, history: Mapping[str, np.ndar
                  **{k: np.asarray(v) for k, v in history.items()},
                  **{k: np.asarray(v) for k, v in extra.items()})
     return path
+
+
+def bootstrap_arrays(boot: BootstrapResult | None) -> dict[str, np.ndarray]:
+    """The bootstrap's arrays for ``ensemble.npz`` (module docstring); ``{}`` without one."""
+    if boot is None:
+        return {}
+    b = boot.bands
+    names = list(b.populations)
+    arrays = {"bootstrap_positions": boot.positions, "bootstrap_weights": boot.weights,
+              "bootstrap_steps": np.asarray(boot.steps), "band_grid": b.grid,
+              "band_density": b.density, "band_density_lo": b.density_lo,
+              "band_density_hi": b.density_hi, "band_free_energy": b.free_energy,
+              "band_free_energy_lo": b.free_energy_lo, "band_free_energy_hi": b.free_energy_hi}
+    if names:
+        arrays.update({
+            "population_names": np.asarray(names),
+            **{f"population_{k}": np.asarray([b.populations[n][k] for n in names])
+               for k in ("value", "lo", "hi")},
+            "bootstrap_populations": np.asarray([b.refit_populations[n] for n in names]).T})
+    return arrays
 
 
 def _quantile_points(positions, weights, quantiles) -> list[tuple[int, float, np.ndarray]]:
@@ -147,24 +175,42 @@ def _colour(records: Sequence[Mapping[str, Any]], record: Mapping[str, Any]) -> 
     return _COLOURS[same_axis.index(record["quantile"]) % len(_COLOURS)]
 
 
-def write_figures(out_dir: Path, model, positions, weights, history: Mapping[str, np.ndarray],
-                  image_pairs: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[Path, str]]:
-    """The run's PNG figures with their captions."""
+# PLR0913: ``bootstrap`` is an optional keyword (the bands), not another input of the run.
+def write_figures(out_dir: Path, model, positions, weights,  # noqa: PLR0913
+                  history: Mapping[str, np.ndarray],
+                  image_pairs: tuple[np.ndarray, np.ndarray] | None, *,
+                  bootstrap: BootstrapResult | None = None) -> list[tuple[Path, str]]:
+    """The run's PNG figures with their captions (bands shaded when ``bootstrap`` is given)."""
     lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
+    bands = None if bootstrap is None else bootstrap.bands
     figures = []
+    with_band = "" if bands is None else f"; shaded: 90% band over {bootstrap.n_refits} " \
+        "bootstrap refits"
     if positions.shape[1] == 1:
         bounds = (float(lower[0]), float(upper[0]))
-        figures.append((plotting.plot_density_1d(out_dir / "density.png", positions, weights,
-                                                 bounds),
-                        "recovered density over x (particles as a rug)"))
-        figures.append((plotting.plot_free_energy(out_dir / "free_energy.png", positions,
-                                                  weights, bounds),
-                        "free-energy profile -kT log p(x)"))
+        figures.append((plotting.plot_density_1d(
+            out_dir / "density.png", positions, weights, bounds,
+            band=None if bands is None else (bands.grid[0], bands.density_lo[0],
+                                             bands.density_hi[0])),
+            "recovered density over x (particles as a rug)" + with_band))
+        figures.append((plotting.plot_free_energy(
+            out_dir / "free_energy.png", positions, weights, bounds,
+            band=None if bands is None else (bands.grid[0], bands.free_energy_lo[0],
+                                             bands.free_energy_hi[0])),
+            "free-energy profile -kT log p(x)" + with_band))
     else:
         bounds = [(float(a), float(b)) for a, b in zip(lower[:2], upper[:2], strict=True)]
         figures.append((plotting.plot_density_2d(out_dir / "density.png", positions[:, :2],
                                                  weights, bounds),
                         "recovered density over (x0, x1)"))
+        if bands is not None:
+            figures.append((plotting.plot_marginal_bands(
+                out_dir / "marginals.png", bands.grid, bands.density, bands.density_lo,
+                bands.density_hi), "marginal density per axis" + with_band))
+            figures.append((plotting.plot_marginal_bands(
+                out_dir / "free_energy.png", bands.grid, bands.free_energy,
+                bands.free_energy_lo, bands.free_energy_hi, "free energy (kT)"),
+                "marginal free energy -kT log p per axis" + with_band))
     losses = np.asarray(history.get("losses", []))
     if losses.size > 1:
         figures.append((plotting.plot_loss(out_dir / "loss.png", np.arange(losses.size),

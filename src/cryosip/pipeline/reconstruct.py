@@ -41,6 +41,7 @@ from cryosip.flows import (
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
+from cryosip.pipeline.bootstrap import BootstrapResult, run_bootstrap
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import PreparedData, estimate_scale, prepare_data
 from cryosip.pipeline.register import Registration, boundary_warning, register_translation
@@ -63,6 +64,7 @@ class ReconstructResult:
     wall_time_s: float
     registration: Registration | None = None
     warnings: tuple[str, ...] = ()
+    bootstrap: BootstrapResult | None = None  # bands (cryosip.pipeline.bootstrap)
 
     @property
     def registration_record(self) -> dict:
@@ -176,8 +178,9 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     warnings = registration.warnings if registration is not None else ()
     edge = boundary_warning(model, *flow.measure.to_numpy())
     warnings += (edge,) if edge else ()
+    boot = run_bootstrap(config, operator, model, source, flow.measure)
     return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0,
-                             registration, warnings)
+                             registration, warnings, boot)
 
 
 def _register(config: ReconstructConfig, data: PreparedData, model, known: bool):

@@ -25,6 +25,10 @@ figcaption{font-size:0.85em;color:#555} code{background:#f5f5f5;padding:1px 4px}
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, Mapping) and value and all(
+            isinstance(v, Mapping) and {"value", "lo", "hi"} <= set(v) for v in value.values()):
+        return "; ".join(f"{k} {v['value']:.3g} [{v['lo']:.3g}, {v['hi']:.3g}]"
+                         for k, v in value.items())  # populations with their 90% interval
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list | tuple) and value and all(isinstance(v, float) for v in value):

@@ -6,6 +6,7 @@ from cryosip.plotting.figures import (
     plot_free_energy,
     plot_image_pairs,
     plot_loss,
+    plot_marginal_bands,
     plot_particle_paths,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "plot_free_energy",
     "plot_image_pairs",
     "plot_loss",
+    "plot_marginal_bands",
     "plot_particle_paths",
 ]

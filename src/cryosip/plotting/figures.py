@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["weighted_kde", "plot_density_1d", "plot_free_energy", "plot_density_2d",
+__all__ = ["weighted_kde", "plot_density_1d", "plot_free_energy", "plot_marginal_bands",
+           "plot_density_2d",
            "plot_loss", "plot_particle_paths", "plot_image_pairs"]
 
 
@@ -61,11 +62,16 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def plot_density_1d(  # noqa: PLR0913 - the measure, its box and the optional truth to overlay
         path: str | Path, positions: np.ndarray, weights: np.ndarray,
                     bounds: tuple[float, float], truth_sample: np.ndarray | None = None,
-                    xlabel: str = "conformation x", truth_density=None) -> Path:
-    """Recovered density over a 1-D conformation space, particles as a rug, truth dashed."""
+                    xlabel: str = "conformation x", truth_density=None,
+                    band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Path:
+    """Recovered density over a 1-D conformation space, particles as a rug, truth dashed;
+    ``band = (grid, lo, hi)`` (the bootstrap's 90% band) shaded."""
     grid = np.linspace(bounds[0], bounds[1], 400)
     h = 0.03 * (bounds[1] - bounds[0])
     fig, ax = _subplots(figsize=(6, 3.6))
+    if band is not None:
+        ax.fill_between(band[0], band[1], band[2], color="C0", alpha=0.25, lw=0,
+                        label="90% bootstrap band")
     ax.plot(grid, weighted_kde(positions[:, 0], weights, grid, h), lw=2, label="recovered")
     if truth_density is not None:
         ax.plot(grid, truth_density(grid), "k--", lw=1.5, label="truth")
@@ -91,9 +97,14 @@ def free_energy_profile(positions: np.ndarray, weights: np.ndarray,
 
 def plot_free_energy(path: str | Path, positions: np.ndarray, weights: np.ndarray,
                      bounds: tuple[float, float],
-                     truth_sample: np.ndarray | None = None) -> Path:
-    """Free-energy profile ``-kT log p(x)`` of the recovered measure (and of the truth)."""
+                     truth_sample: np.ndarray | None = None,
+                     band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Path:
+    """Free-energy profile ``-kT log p(x)`` of the recovered measure (and of the truth);
+    ``band = (grid, lo, hi)`` (the bootstrap's 90% band) shaded."""
     fig, ax = _subplots(figsize=(6, 3.6))
+    if band is not None:
+        ax.fill_between(band[0], band[1], band[2], color="C0", alpha=0.25, lw=0,
+                        label="90% bootstrap band")
     grid, f = free_energy_profile(positions, weights, bounds)
     ax.plot(grid, f, lw=2, label="recovered")
     if truth_sample is not None:
@@ -101,6 +112,22 @@ def plot_free_energy(path: str | Path, positions: np.ndarray, weights: np.ndarra
         ax.plot(g, ft, "k--", lw=1.5, label="truth")
     ax.set(xlabel="conformation x", ylabel="free energy (kT)", xlim=bounds, ylim=(0, 8))
     ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def plot_marginal_bands(path: str | Path, grid: np.ndarray, curves: np.ndarray,
+                        lo: np.ndarray, hi: np.ndarray, ylabel: str = "marginal density") -> Path:
+    """One panel per axis: the curve ``curves[d]`` on ``grid[d]`` with its band
+    ``[lo[d], hi[d]]`` shaded (the bootstrap's per-axis marginals, d-D)."""
+    dim = len(grid)
+    fig, axes = _subplots(1, dim, figsize=(3.4 * dim, 3.2), squeeze=False)
+    for d, ax in enumerate(axes[0]):
+        ax.fill_between(grid[d], lo[d], hi[d], color="C0", alpha=0.25, lw=0,
+                        label="90% bootstrap band")
+        ax.plot(grid[d], curves[d], lw=2, label="recovered")
+        ax.set(xlabel=f"x[{d}]", ylabel=ylabel if d == 0 else None,
+               xlim=(grid[d][0], grid[d][-1]))
+    axes[0, 0].legend(frameon=False, fontsize=8)
     return _save(fig, path)
 
 

@@ -1,0 +1,208 @@
+"""Bootstrap uncertainty of a reconstruction: bands on the density, the state populations
+and the free-energy profile.
+
+After the main flow, ``B = config.uncertainty.bootstrap`` refits (0: none) each run the same
+flow on the training images resampled with replacement (:class:`ResampledSource`: row
+``i`` of the refit's data is image ``index_b[i]`` of the training source), warm-started
+from the main flow's final measure, for :func:`refit_steps` steps: ``ceil(0.25 * steps)``
+(at least one). The rule: the default ``B = 4`` then costs as many flow steps as the main
+run, and no images are read or transformed again, so a run with it stays within 2x of its
+time without it. A warm start is what lets a quarter of the steps suffice: each refit only
+has to move from the full data's optimum to that of its resample, a perturbation of the
+order of the sampling error, not to cross the box from the initial measure.
+
+Every refit uses one solver: its first step size is measured once, at the warm start on
+the full data (:func:`cryosip.flows.build_solver`), and then the solver's own schedule and
+displacement cap apply; one solver means one compilation for all ``B`` refits. Randomness
+comes from the stream ``bootstrap`` (:mod:`cryosip.seeds`): the resampled rows are
+``numpy_rng(seed, "bootstrap").integers(0, N, (B, N))`` and refit ``b`` runs with the key
+``fold_in(jax_key(seed, "bootstrap"), b)`` (its minibatches and nuisance draws).
+
+Bands (:class:`Bands`) are percentile intervals, the 5th and 95th percentiles over the
+``B`` refits (``numpy.percentile``, linear interpolation): per coordinate axis the
+marginal density (a Gaussian KDE of bandwidth 3% of the box, as the figures draw it) and
+the free energy ``-log p`` (kT, shifted to min 0, as
+:func:`cryosip.plotting.free_energy_profile`) on a 200-point grid, and the mass of each
+named state of the model (:func:`cryosip.pipeline.evaluate.populations`). With small ``B``
+the percentiles sit near the refits' extremes (``B = 4``: the 0.15-th and 2.85-th order
+statistics); ``benchmarks/bootstrap_coverage.py`` measures how often they cover the truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cryosip.flows import Domain, FlowConfig, FlowProblem, run_flow
+from cryosip.flows.builder import build_solver
+from cryosip.measures import ParticleMeasure
+from cryosip.pipeline.evaluate import populations
+from cryosip.plotting.figures import weighted_kde
+from cryosip.seeds import jax_key, numpy_rng
+
+__all__ = ["BOOTSTRAP_FRACTION", "LEVEL", "Bands", "BootstrapResult", "ResampledSource",
+           "compute_bands", "refit_steps", "resample_indices", "run_bootstrap"]
+
+BOOTSTRAP_FRACTION = 0.25
+"""Steps of each warm-started refit, as a fraction of the main flow's (module docstring)."""
+
+LEVEL = (5.0, 95.0)
+"""Percentiles of the bands over the refits: a 90% interval."""
+
+N_GRID = 200
+"""Grid points per axis of the density and free-energy bands."""
+
+
+class ResampledSource:
+    """``source`` seen through ``index``: ``take(rows)`` is ``source.take(index[rows])``.
+
+    ``len`` is ``len(index)``; with ``index`` drawn with replacement this is a bootstrap
+    resample of the source (an image may appear several times, another not at all).
+    """
+
+    def __init__(self, source, index: np.ndarray):
+        self.source = source
+        self.index = np.asarray(index, dtype=np.int64)
+        n = len(source)
+        if self.index.size and (self.index.min() < 0 or self.index.max() >= n):
+            raise ValueError(f"resample rows must lie in [0, {n}); "
+                             f"found [{self.index.min()}, {self.index.max()}]")
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def take(self, rows):
+        return self.source.take(self.index[np.asarray(rows)])
+
+
+def resample_indices(n: int, n_refits: int, seed: int) -> np.ndarray:
+    """``[n_refits, n]`` rows drawn uniformly with replacement (stream ``bootstrap``)."""
+    return numpy_rng(seed, "bootstrap").integers(0, n, size=(n_refits, n))
+
+
+def refit_steps(steps: int) -> int:
+    """Steps of one refit: ``ceil(BOOTSTRAP_FRACTION * steps)``, at least 1."""
+    return max(1, math.ceil(BOOTSTRAP_FRACTION * steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bands:
+    """90% bands over the refits (module docstring). ``grid [d, G]``; ``density``,
+    ``free_energy`` and their ``_lo``/``_hi`` are ``[d, G]`` (marginals per axis, the point
+    estimate's curve without suffix); ``populations`` maps a state to ``{value, lo, hi}``."""
+
+    grid: np.ndarray
+    density: np.ndarray
+    density_lo: np.ndarray
+    density_hi: np.ndarray
+    free_energy: np.ndarray
+    free_energy_lo: np.ndarray
+    free_energy_hi: np.ndarray
+    populations: dict[str, dict[str, float]]
+    refit_populations: dict[str, list[float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapResult:
+    """The ``B`` refits (``positions [B, n_particles, dim]``, ``weights [B, n_particles]``),
+    their steps, seed and wall time, and the :class:`Bands` they give."""
+
+    positions: np.ndarray
+    weights: np.ndarray
+    steps: int
+    seed: int
+    wall_time_s: float
+    bands: Bands
+
+    @property
+    def n_refits(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def _marginals(positions, weights, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(density [d, G], free energy [d, G])`` of one weighted measure."""
+    dens, free = [], []
+    for axis, g in enumerate(grid):
+        h = 0.03 * float(g[-1] - g[0])
+        p = weighted_kde(np.asarray(positions)[:, axis], np.asarray(weights), g, h)
+        f = -np.log(np.maximum(p, 1e-6 * p.max()))
+        dens.append(p)
+        free.append(f - f.min())
+    return np.stack(dens), np.stack(free)
+
+
+def compute_bands(measure: tuple[np.ndarray, np.ndarray], refit_positions: np.ndarray,
+                  refit_weights: np.ndarray, model) -> Bands:
+    """The bands of ``B`` refits around the point estimate ``measure = (positions, weights)``
+    on the box and named states of ``model`` (module docstring)."""
+    positions, weights = (np.asarray(a, float) for a in measure)
+    lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
+    grid = np.stack([np.linspace(a, b, N_GRID) for a, b in zip(lower, upper, strict=True)])
+    density, free = _marginals(positions, weights, grid)
+    curves = [_marginals(p, w, grid) for p, w in zip(refit_positions, refit_weights,
+                                                      strict=True)]
+    d_lo, d_hi = np.percentile(np.stack([c[0] for c in curves]), LEVEL, axis=0)
+    f_lo, f_hi = np.percentile(np.stack([c[1] for c in curves]), LEVEL, axis=0)
+    states = dict(getattr(model, "named_states", None) or {})
+    pops, refits = {}, {}
+    if states:
+        point = populations(positions, weights, states)
+        per_refit = [populations(np.asarray(p, float), np.asarray(w, float), states)
+                     for p, w in zip(refit_positions, refit_weights, strict=True)]
+        for name in states:
+            values = [r[name]["recovered"] for r in per_refit]
+            lo, hi = np.percentile(values, LEVEL)
+            pops[name] = {"value": point[name]["recovered"], "lo": float(lo), "hi": float(hi)}
+            refits[name] = [float(v) for v in values]
+    return Bands(grid, density, d_lo, d_hi, free, f_lo, f_hi, pops, refits)
+
+
+def run_bootstrap(config, operator, model, source, measure: ParticleMeasure
+                  ) -> BootstrapResult | None:
+    """``config.uncertainty.bootstrap`` warm-started refits of the flow of ``config`` on
+    resamples of ``source`` from ``measure`` (module docstring); ``None`` when it is 0."""
+    from cryosip.pipeline.reconstruct import _objective  # reconstruct imports this module
+
+    n_refits = int(config.uncertainty.bootstrap)
+    if n_refits <= 0:
+        return None
+    t0 = time.perf_counter()
+    n = len(source)
+    steps = refit_steps(config.loop.steps)
+    domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
+                    tuple(model.periodic))
+    objective = _objective(config, operator)
+    loop = FlowConfig(max_steps=steps, batch_size=min(config.minibatch_size, n),
+                      history_every=min(config.loop.history_every, steps), progress=False)
+    base_key = jax_key(config.seed, "bootstrap")
+    solver, _ = build_solver(config.solver.flows_config(),
+                             FlowProblem(objective, measure, source, domain), base_key,
+                             loop.batch_size)
+    positions, weights = [], []
+    for b, index in enumerate(resample_indices(n, n_refits, config.seed)):
+        result = run_flow(solver, objective, measure, ResampledSource(source, index),
+                          jax.random.fold_in(base_key, b), loop)
+        p, w = result.measure.to_numpy()
+        positions.append(p)
+        weights.append(w)
+    positions, weights = np.stack(positions), np.stack(weights)
+    bands = compute_bands(measure.to_numpy(), positions, weights, model)
+    return BootstrapResult(positions, weights, steps, int(config.seed),
+                           time.perf_counter() - t0, bands)
+
+
+def bootstrap_record(boot: BootstrapResult | None) -> dict[str, Any]:
+    """``populations`` (``{state: {value, lo, hi}}``) and ``bootstrap`` (refits, steps,
+    level, wall time) for ``summary.json``; ``{}`` without a bootstrap."""
+    if boot is None:
+        return {}
+    return {"populations": boot.bands.populations,
+            "bootstrap": {"refits": boot.n_refits, "steps_per_refit": boot.steps,
+                          "interval": "5th-95th percentile over the refits (90%)",
+                          "wall_time_s": boot.wall_time_s}}
