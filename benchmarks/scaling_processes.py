@@ -107,7 +107,7 @@ def run_config(data: Path, batch_size: int, steps: int):
     return ReconstructConfig.model_validate({
         "data": {"particles": str(data / "particles.star"), "registration": "none",
                  "noise_std": noise_std, "contrast": 1.0, "offset": 0.0},
-        "model": SIM_CONFIG["model"], "seed": 0,
+        "model": SIM_CONFIG["model"], "seed": 0, "uncertainty": {"bootstrap": 0},
         "loop": {"steps": steps, "batch_size": batch_size, "history_every": 10,
                  "progress": False}})
 

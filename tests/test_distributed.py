@@ -67,7 +67,7 @@ def config(data: Path, steps: int) -> ReconstructConfig:
         "data": {"particles": str(data / "particles.star"), "flow_box": 12,
                  "registration": "none", "noise_std": noise_std, "contrast": 1.0,
                  "offset": 0.0},
-        "model": "hinge", "seed": 2,
+        "model": "hinge", "seed": 2, "uncertainty": {"bootstrap": 0},
         "solver": {"n_particles": 8, "temperature": 0.001, "step_size": 1.0},
         "loop": {"steps": steps, "batch_size": 16, "history_every": 5, "checkpoint_every": 5,
                  "progress": False}})

@@ -38,6 +38,7 @@ command on ``127.0.0.1`` and stops them all when one fails.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import subprocess
@@ -191,6 +192,20 @@ def _shared(objective: Callable, fraction: float) -> Callable:
     return total
 
 
+@functools.lru_cache(maxsize=16)
+def _program(scan: Callable, static, mesh: Mesh, impl, count: int):
+    """The jitted chunk over ``mesh``: ``(arrays, batches, state, key_data, start) ->
+    (state, losses)``, the objective's parts summed (:func:`_shared`)."""
+
+    def body(arrays, batches, state, key_data, start):
+        solver, objective = eqx.combine(arrays, static)
+        key = jax.random.wrap_key_data(key_data, impl=impl)
+        return scan(solver, _shared(objective, 1.0 / count), batches, state, key, start)
+
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(None, AXIS), P(), P(), P()),
+                                 out_specs=(P(), P()), check_vma=False))
+
+
 @dataclasses.dataclass
 class DataParallel:
     """A flow's chunks on all processes (module docstring).
@@ -211,11 +226,13 @@ class DataParallel:
         arrays, self._static = eqx.partition(_broadcast((self.solver, self.objective)),
                                              eqx.is_array)
         self._arrays = _global(arrays, self.mesh, P())
-        self._impl = jax.random.key_impl(self.key)
+        impl = jax.random.key_impl(self.key)
         self._key_data = _global(jax.random.key_data(self.key), self.mesh, P())
-        self._run = jax.jit(jax.shard_map(
-            self._body, mesh=self.mesh, in_specs=(P(), P(None, AXIS), P(), P(), P()),
-            out_specs=(P(), P()), check_vma=False))
+        program = (self.scan, self._static, self.mesh, impl, self.count)
+        try:  # one compiled program per problem, as a single process's jit cache gives
+            self._run = _program(*program)
+        except TypeError:  # a static part that cannot be hashed: this run's own program
+            self._run = _program.__wrapped__(*program)
 
     def check_batch(self, batch_size: int) -> None:
         """Equal shares: ``batch_size`` a multiple of the number of processes."""
@@ -239,12 +256,6 @@ class DataParallel:
             multihost_utils.assert_equal(np.asarray(value), message)
         except AssertionError as err:
             raise RuntimeError(f"{message}; found {err}") from None
-
-    def _body(self, arrays, batches, state, key_data, start):
-        solver, objective = eqx.combine(arrays, self._static)
-        key = jax.random.wrap_key_data(key_data, impl=self._impl)
-        return self.scan(solver, _shared(objective, 1.0 / self.count), batches, state, key,
-                         start)
 
     def advance(self, batches, state, start: int):
         """``(state, losses)`` after the chunk of this process's ``batches`` (leading axis:
