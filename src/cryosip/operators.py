@@ -95,8 +95,19 @@ class AbstractRandomOperator(eqx.Module):
         self, key: PRNGKeyArray, x: Float[Array, " dim"], nuisance: PyTree
     ) -> Float[Array, "*obs"]:
         """One noisy observation ``F(x, w) = G(x, w) + noise_std * eps``."""
-        g = self.clean(x, nuisance)
-        return g + self.noise_std * jax.random.normal(key, g.shape, g.dtype)
+        return self.add_noise(key, self.clean(x, nuisance))
+
+    def add_noise(self, key: PRNGKeyArray, clean: Float[Array, " *obs"]) -> Float[Array, " *obs"]:
+        """``clean + noise_std * eps`` (any leading axes); operators whose observations are
+        a transform of white noise (e.g. a Fourier band) draw it in their own space."""
+        return clean + self.noise_std * jax.random.normal(key, clean.shape, clean.dtype)
+
+    @property
+    def noise_dim(self) -> int | None:
+        """Dimensions of the noise in an observation; ``None``: every entry's (its size).
+        Noise-marginalised kernels need it when observations embed a lower-dimensional
+        noise (a band whose entries repeat or vanish)."""
+        return None
 
     def clean_grid(
         self, xs: Float[Array, "n_particles dim"], nuisance: PyTree

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Float
 
+from cryosip.errors import InputError
+
 __all__ = ["grid_support", "tensor_grid", "trajectory_support"]
 
 
@@ -47,10 +49,13 @@ def grid_support(
 def trajectory_support(model) -> Float[np.ndarray, "n_frames dim"]:
     """The conformations ``x`` of the frames of a path model (e.g. the 98 AdK frames):
     ``n_frames`` equispaced points on ``[lower, upper]`` (a path parametrised by progress
-    with frames at equal spacing)."""
+    with frames at equal spacing), or a model's own ``frames_x`` (e.g. ``adk-modes``: the
+    frames' coordinates on its modes)."""
+    frames_x = getattr(model, "frames_x", None)
+    if frames_x is not None:
+        return np.asarray(frames_x, float)
     n_frames = getattr(model, "n_frames", None)
     if n_frames is None:
-        raise TypeError(
-            f"{type(model).__name__} has no n_frames: pass an explicit support array instead"
-        )
+        raise InputError("--support", "support", "a model with frames (a path, or frames_x)",
+                         f"{type(model).__name__}: pass --support grid instead")
     return grid_support(np.asarray(model.lower), np.asarray(model.upper), int(n_frames))

@@ -158,28 +158,31 @@ def noise_marginalised_mmd2(  # noqa: PLR0913 (as mmd2, plus the noise variance)
     noise_var: float | Float[Array, ""],
     estimator: str = "v",
     block_size: int = 1024,
+    noise_dim: int | None = None,
 ) -> Float[Array, ""]:
     """MMD^2 between ``sum_i wx_i N(x_i, noise_var I)`` and the observed ``y``, exactly.
 
     Uses the noise-marginalised kernel (variance ``2 noise_var`` within simulations,
     ``noise_var`` between a simulation and an observation), so simulation noise adds no
-    Monte Carlo variance. The features are the raw (flattened) samples.
+    Monte Carlo variance. The features are the raw (flattened) samples; ``noise_dim`` is
+    the dimension of the noise's span (default: the feature size).
     """
     _check_estimator(estimator)
     fx, fy = _features(x_clean, None), _features(y, None)
-    dim = fx.shape[1]
+    dim = fx.shape[1] if noise_dim is None else noise_dim
     k_xx = kernel.noise_marginalised(2.0 * noise_var, dim)
     k_xy = kernel.noise_marginalised(noise_var, dim)
     return _mmd2_from_kernels((fx, wx), (fy, wy), (k_xx, k_xy, kernel), estimator, block_size)
 
 
-def conditional_mmd2(
+def conditional_mmd2(  # noqa: PLR0913 (as the MMD, plus how the noise enters)
     sim: Float[Array, " n_particles batch *feat"],
     weights: Float[Array, " n_particles"],
     obs: Float[Array, " batch *feat"],
     kernel: AbstractKernel,
     noise_var: float | Float[Array, ""] = 0.0,
     feature_map: FeatureMap | None = None,
+    noise_dim: int | None = None,
 ) -> Float[Array, ""]:
     """Conditional MMD^2 for known per-observation nuisance (module docstring formula).
 
@@ -193,8 +196,9 @@ def conditional_mmd2(
     fy = _features(obs, feature_map)
     k_ss, k_sy = kernel, kernel
     if feature_map is None and not (isinstance(noise_var, float) and noise_var == 0.0):
-        k_ss = kernel.noise_marginalised(2.0 * noise_var, fy.shape[1])
-        k_sy = kernel.noise_marginalised(noise_var, fy.shape[1])
+        dim = fy.shape[1] if noise_dim is None else noise_dim
+        k_ss = kernel.noise_marginalised(2.0 * noise_var, dim)
+        k_sy = kernel.noise_marginalised(noise_var, dim)
     k0 = kernel(jnp.zeros((), fy.dtype))
 
     def one(s, y):

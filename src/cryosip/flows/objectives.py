@@ -72,7 +72,7 @@ class MMDObjective(eqx.Module):
         return self._known(positions, weights, batch, key)
 
     def _noisy(self, clean, key):
-        return clean + self.operator.noise_std * jax.random.normal(key, clean.shape, clean.dtype)
+        return self.operator.add_noise(key, clean)
 
     def _unknown(self, positions, weights, ys, key):
         k_nuisance, k_noise = jax.random.split(key)
@@ -84,7 +84,7 @@ class MMDObjective(eqx.Module):
         if self._exact_noise():
             var = self.operator.noise_std**2
             return noise_marginalised_mmd2(clean, w_sim, ys, w_obs, self.kernel, var,
-                                           self.estimator)
+                                           self.estimator, noise_dim=self.operator.noise_dim)
         sim = self._noisy(clean, k_noise)
         return mmd2(sim, w_sim, ys, w_obs, self.kernel, self.estimator, self.feature_map)
 
@@ -92,7 +92,8 @@ class MMDObjective(eqx.Module):
         clean = self.operator.clean_grid(positions, batch.nuisance)
         if self._exact_noise():
             var = self.operator.noise_std**2
-            return conditional_mmd2(clean, weights, batch.values, self.kernel, var)
+            return conditional_mmd2(clean, weights, batch.values, self.kernel, var,
+                                    noise_dim=self.operator.noise_dim)
         sim = self._noisy(clean, key)
         return conditional_mmd2(sim, weights, batch.values, self.kernel, 0.0, self.feature_map)
 
@@ -141,8 +142,7 @@ class SampleObjective(eqx.Module):
             rows = jax.random.randint(k_nuisance, (n_sim,), 0, len(batch))
             nuisance = batch.take(rows).nuisance
         clean = self.operator.clean_paired(jnp.repeat(positions, self.n_draws, 0), nuisance)
-        sim = clean + self.operator.noise_std * jax.random.normal(k_noise, clean.shape,
-                                                                  clean.dtype)
+        sim = self.operator.add_noise(k_noise, clean)
         w_sim = jnp.repeat(weights, self.n_draws) / self.n_draws
         ys = batch.values
         return self.discrepancy(sim, w_sim, ys, jnp.full((ys.shape[0],), 1.0 / ys.shape[0],

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cryosip.baselines import BaselineConfig, fit_baseline
+from cryosip.forward.fourier import FourierOperator
 from cryosip.io import read_particles
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import prepare_data
@@ -46,8 +47,14 @@ def run_baseline(method: str, data_config: ReconstructConfig, baseline: Baseline
                         noise_std=section.noise_std)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
     operator = build_operator(data, model, known)
-    observations = data.observations(data.train_index, with_nuisance=known)
-    result = fit_baseline(method, operator, observations, baseline, model=model)
+    if data_config.data.likelihood_space == "fourier":  # the likelihood matrix on the band
+        likelihood_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
+        observations = data.band_source(data.train_index, with_nuisance=known)
+        observations = observations.take(np.arange(len(observations)))
+    else:
+        likelihood_op = operator
+        observations = data.observations(data.train_index, with_nuisance=known)
+    result = fit_baseline(method, likelihood_op, observations, baseline, model=model)
     positions, weights = result.positions, result.weights
     history = {"positions_history": positions[None], "weights_history": weights[None],
                "steps_history": np.zeros(1, int), "losses": np.zeros(0)}

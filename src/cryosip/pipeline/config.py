@@ -62,7 +62,10 @@ class DataSection(_Section):
     low SNR (``None``: no crop). ``noise_std``, ``contrast``, ``offset`` (stack units):
     estimated when ``None``. ``registration="translation"`` (known poses) first estimates
     the model's global 3-D offset from the images and moves the model by it
-    (:mod:`cryosip.pipeline.register`).
+    (:mod:`cryosip.pipeline.register`). ``likelihood_space="fourier"`` (KL, and MMD on
+    pixels) transforms the images once to whitened Fourier bands beside the run and
+    compares them there (:mod:`cryosip.forward.fourier`: no FFT in the flow's loop; the
+    same numbers as ``"pixels"``, the real-space path, to rounding).
     """
 
     particles: str
@@ -75,6 +78,7 @@ class DataSection(_Section):
     contrast: float | None = None
     offset: float | None = None
     registration: Literal["none", "translation"] = "translation"
+    likelihood_space: Literal["fourier", "pixels"] = "fourier"
 
 
 class KLSection(_Section):
@@ -249,7 +253,7 @@ def parse_config(raw: Any, source: str = "config",
         raise InputError(source, key or None, plain.expected, plain.found) from None
 
 
-_BUILTIN_MODELS = ("adk-path", "adk-domains", "hinge")
+_BUILTIN_MODELS = ("adk-path", "adk-domains", "adk-modes", "hinge")
 _MODEL_FILE_KEYS = ("structure", "topology", "trajectory")
 
 

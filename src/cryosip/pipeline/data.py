@@ -28,23 +28,31 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from cryosip.baselines.support import grid_support
 from cryosip.errors import InputError
 from cryosip.forward import CryoEMOperator, ImageConfig, ImageNuisance, NuisancePrior, Optics
+from cryosip.forward.fourier import FourierBand
 from cryosip.io import ParticleStack
 from cryosip.operators import Observations
 from cryosip.pipeline import estimate
+from cryosip.provenance import atomic_write_text
 from cryosip.rotations import sample_uniform_euler
 from cryosip.seeds import numpy_rng
 from cryosip.structures.base import AbstractConformationModel
 
-__all__ = ["DataScale", "PreparedData", "StackSource", "fourier_crop", "prepare_data"]
+__all__ = ["BandSource", "DataScale", "PreparedData", "StackSource", "fourier_crop",
+           "prepare_data"]
 
 
 def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
@@ -128,6 +136,63 @@ class PreparedData:
         """The images at ``index`` as a lazily read source of minibatches."""
         return StackSource(self, np.asarray(index), with_nuisance)
 
+    @property
+    def band(self) -> FourierBand:
+        """The flow box's Fourier band (:mod:`cryosip.forward.fourier`); the stack's pixel
+        is the native one (before the Fourier crop)."""
+        return FourierBand(self.flow_box, self.flow_pixel_size_angstrom,
+                           float(self.stack.pixel_size_angstrom))
+
+    def band_values(self, index: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """Whitened band observations ``(n, 2, 2, K+1, K+1)`` of the images at ``index``."""
+        index = np.asarray(index)
+        out = np.empty((len(index), 2, *self.band.shape), np.float32)
+        self._fill_band(out, index, chunk)
+        return out
+
+    def _fill_band(self, out: np.ndarray, index: np.ndarray, chunk: int,
+                   progress: bool = False) -> None:
+        s, band = self.scale, self.band
+        starts = range(0, len(index), chunk)
+        for start in tqdm(starts, desc="prepare band", disable=not progress, leave=False):
+            rows = index[start:start + chunk]
+            values = (self.raw_images(rows) - s.offset) / s.contrast
+            out[start:start + len(rows)] = band.prepare(values, s.noise_std_model)
+
+    def band_source(self, index: np.ndarray, folder: str | Path | None = None,
+                    with_nuisance: bool = True, progress: bool = False) -> BandSource:
+        """The images at ``index`` as whitened bands, transformed once.
+
+        With ``folder`` the bands go to ``folder/band.npy`` (memory-mapped, written in chunks
+        under a temporary name and renamed, with ``band.json`` describing them) and are
+        reused when ``band.json`` matches; without it they are held in memory."""
+        index = np.asarray(index)
+        if folder is None:
+            return BandSource(self, index, self.band_values(index), with_nuisance)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path, meta_path = folder / "band.npy", folder / "band.json"
+        meta = self._band_meta(index)
+        if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
+            return BandSource(self, index, np.load(path, mmap_mode="r"), with_nuisance)
+        tmp = folder / f".band.{os.getpid()}.npy"
+        shape = (len(index), 2, *self.band.shape)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        self._fill_band(out, index, 1024, progress)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+        return BandSource(self, index, np.load(path, mmap_mode="r"), with_nuisance)
+
+    def _band_meta(self, index: np.ndarray) -> dict:
+        s = self.scale
+        digest = hashlib.sha256(np.ascontiguousarray(index, np.int64).tobytes()).hexdigest()
+        return {"stack": str(self.stack.path), "n": int(len(index)), "index_sha256": digest,
+                "flow_box": self.flow_box, "pixel": self.flow_pixel_size_angstrom,
+                "offset": float(s.offset), "contrast": float(s.contrast),
+                "noise_std_model": float(s.noise_std_model)}
+
 
 @dataclasses.dataclass(frozen=True)
 class StackSource:
@@ -146,6 +211,34 @@ class StackSource:
 
     def take(self, rows) -> Observations:
         return self.data.observations(self.index[np.asarray(rows)], self.with_nuisance)
+
+
+@dataclasses.dataclass(frozen=True)
+class BandSource:
+    """Whitened band observations (:mod:`cryosip.forward.fourier`), transformed once.
+
+    ``values[i]`` is the band of image ``index[i]`` (an array or a memory map);
+    ``take(rows)`` -> :class:`Observations` with the images' nuisances. The flow's loop
+    reads these and never transforms an image."""
+
+    data: PreparedData
+    index: np.ndarray
+    values: np.ndarray
+    with_nuisance: bool = True
+
+    def __len__(self) -> int:
+        return int(len(self.index))
+
+    def take(self, rows) -> Observations:
+        rows = np.asarray(rows)
+        order = np.argsort(rows)  # memory maps read fastest in file order
+        values = np.empty((len(rows), *self.values.shape[1:]), np.float32)
+        values[order] = self.values[rows[order]]
+        nuisance = None
+        if self.with_nuisance:
+            nuisance = jax.tree.map(lambda a: jnp.asarray(a[self.index[rows]]),
+                                    self.data._nuisance_numpy)
+        return Observations(jnp.asarray(values), nuisance)
 
 
 def _stacked_optics(stack: ParticleStack) -> Optics:
@@ -199,7 +292,9 @@ def estimate_scale(  # noqa: PLR0913 - offset, contrast and noise are each fixed
         return DataScale(b, contrast, s, done)
     op = CryoEMOperator(model, data.image_config, data.optics, NuisancePrior(), 1.0)
     if known_poses:
-        grid = _grid(model, n_grid)
+        # n_grid per axis in 1-D/2-D; in d-D about n_grid^2 points in all (12^3 renders took
+        # 38 s and ~3.5 GB of a tiny 3-D run for a scalar contrast)
+        grid = _grid(model, max(3, min(n_grid, round(n_grid ** (2 / model.dim)))))
         ref = _reference_images(op, data.stack.nuisance.take(jnp.asarray(index)), grid)
         a, _ = estimate.contrast_mixture_em(images, ref, b, s)
     else:

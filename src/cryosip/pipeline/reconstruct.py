@@ -39,6 +39,7 @@ from cryosip.flows import (
     fit_measure,
 )
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
+from cryosip.forward.fourier import FourierOperator
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
 from cryosip.pipeline.bootstrap import BootstrapResult, run_bootstrap
@@ -49,7 +50,8 @@ from cryosip.seeds import jax_key, numpy_rng
 from cryosip.structures.factory import load_model
 from cryosip.structures.translated import TranslatedModel
 
-__all__ = ["ReconstructResult", "build_operator", "fit_flow", "initial_measure", "reconstruct"]
+__all__ = ["ReconstructResult", "build_operator", "fit_flow", "flow_inputs", "initial_measure",
+           "reconstruct", "uses_band"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,28 @@ def build_operator(data: PreparedData, model, known_poses: bool) -> CryoEMOperat
                               optics_group_probs=data.optics_group_probs)
     return CryoEMOperator(model, data.image_config, data.optics, prior,
                           data.scale.noise_std_model)
+
+
+def uses_band(config: ReconstructConfig) -> bool:
+    """Whether the flow compares images on the Fourier band (KL, and MMD on pixels)."""
+    section = config.objective
+    pixels_mmd = section.kind == "mmd" and section.features == "pixels"
+    return config.data.likelihood_space == "fourier" and (section.kind == "kl" or pixels_mmd)
+
+
+def flow_inputs(config: ReconstructConfig, data: PreparedData, operator: CryoEMOperator,
+                folder: Path | None = None):
+    """``(operator, observations)`` the flow runs on: the band operator and the images
+    transformed once (to ``folder/prepared``, memory-mapped) when :func:`uses_band`, else
+    the real-space operator and the stack read per minibatch."""
+    known = config.data.poses == "known"
+    if not uses_band(config):
+        return operator, data.source(data.train_index, with_nuisance=known)
+    band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
+    prepared = None if folder is None else folder / "prepared"
+    source = data.band_source(data.train_index, prepared, with_nuisance=known,
+                              progress=config.loop.progress)
+    return band_op, source
 
 
 def initial_measure(model, n_particles: int, seed: int) -> ParticleMeasure:
@@ -172,13 +196,13 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs passed their checks
     registration, model, data = _register(config, data, model, known)
     operator = build_operator(data, model, known)
-    source = data.source(data.train_index, with_nuisance=known)
-    flow = fit_flow(config, operator, model, source, Checkpointer(out_dir / "checkpoint.npz"),
+    flow_op, source = flow_inputs(config, data, operator, out_dir)
+    flow = fit_flow(config, flow_op, model, source, Checkpointer(out_dir / "checkpoint.npz"),
                     resume)
     warnings = registration.warnings if registration is not None else ()
     edge = boundary_warning(model, *flow.measure.to_numpy())
     warnings += (edge,) if edge else ()
-    boot = run_bootstrap(config, operator, model, source, flow.measure)
+    boot = run_bootstrap(config, flow_op, model, source, flow.measure)
     return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0,
                              registration, warnings, boot)
 
