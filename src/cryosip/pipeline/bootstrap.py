@@ -18,8 +18,14 @@ comes from the stream ``bootstrap`` (:mod:`cryosip.seeds`): the resampled rows a
 ``numpy_rng(seed, "bootstrap").integers(0, N, (B, N))`` and refit ``b`` runs with the key
 ``fold_in(jax_key(seed, "bootstrap"), b)`` (its minibatches and nuisance draws).
 
-Bands (:class:`Bands`) are percentile intervals, the 5th and 95th percentiles over the
-``B`` refits (``numpy.percentile``, linear interpolation): per coordinate axis the
+Bands (:class:`Bands`) are percentile intervals centred on the point estimate: ``value +
+[q05, q95]`` of the refits' deviations from their own mean, ``r_b - mean_b r_b``
+(``numpy.percentile``, linear interpolation). Plain percentiles of ``r_b`` would carry any
+drift the refits share: a warm-started flow that has not converged keeps moving the same
+way on every resample (seen on the hinge: 2 of 2 replicates had all refits below the
+point estimate, one interval excluding it); centring removes that common drift and keeps
+the spread that the resampling causes, and the interval always contains the point
+estimate. They are computed per coordinate axis for the
 marginal density (a Gaussian KDE of bandwidth 3% of the box, as the figures draw it) and
 the free energy ``-log p`` (kT, shifted to min 0, as
 :func:`cryosip.plotting.free_energy_profile`) on a 200-point grid, and the mass of each
@@ -137,6 +143,12 @@ def _marginals(positions, weights, grid: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.stack(dens), np.stack(free)
 
 
+def _centred(value, refits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``value + percentiles(LEVEL)`` of ``refits - mean(refits)`` (over axis 0)."""
+    lo, hi = np.percentile(refits - refits.mean(axis=0), LEVEL, axis=0)
+    return value + lo, value + hi
+
+
 def compute_bands(measure: tuple[np.ndarray, np.ndarray], refit_positions: np.ndarray,
                   refit_weights: np.ndarray, model) -> Bands:
     """The bands of ``B`` refits around the point estimate ``measure = (positions, weights)``
@@ -147,8 +159,9 @@ def compute_bands(measure: tuple[np.ndarray, np.ndarray], refit_positions: np.nd
     density, free = _marginals(positions, weights, grid)
     curves = [_marginals(p, w, grid) for p, w in zip(refit_positions, refit_weights,
                                                       strict=True)]
-    d_lo, d_hi = np.percentile(np.stack([c[0] for c in curves]), LEVEL, axis=0)
-    f_lo, f_hi = np.percentile(np.stack([c[1] for c in curves]), LEVEL, axis=0)
+    d_lo, d_hi = _centred(density, np.stack([c[0] for c in curves]))
+    f_lo, f_hi = _centred(free, np.stack([c[1] for c in curves]))
+    d_lo = np.maximum(d_lo, 0.0)
     states = dict(getattr(model, "named_states", None) or {})
     pops, refits = {}, {}
     if states:
@@ -157,8 +170,9 @@ def compute_bands(measure: tuple[np.ndarray, np.ndarray], refit_positions: np.nd
                      for p, w in zip(refit_positions, refit_weights, strict=True)]
         for name in states:
             values = [r[name]["recovered"] for r in per_refit]
-            lo, hi = np.percentile(values, LEVEL)
-            pops[name] = {"value": point[name]["recovered"], "lo": float(lo), "hi": float(hi)}
+            value = point[name]["recovered"]
+            lo, hi = np.clip(_centred(value, np.asarray(values)), 0.0, 1.0)
+            pops[name] = {"value": value, "lo": float(lo), "hi": float(hi)}
             refits[name] = [float(v) for v in values]
     return Bands(grid, density, d_lo, d_hi, free, f_lo, f_hi, pops, refits)
 
