@@ -141,7 +141,17 @@ class ImageNames:
         rows = np.arange(len(self))[key]
         if np.ndim(rows) == 0:
             return self._name(int(rows))
-        return np.array([self._name(r) for r in rows.tolist()], dtype=str)
+        return self._strings(rows)
+
+    def _strings(self, rows: np.ndarray, block: int = 65_536) -> np.ndarray:
+        """The names of ``rows`` as a numpy ``str`` array, filled a block at a time (no
+        list of every name: 10^6 names take the array's 84 MB, not 150 MB more)."""
+        longest = max((len(t) for t in self.stacks), default=0)
+        digits = int(self.digits[rows].max(initial=1)) if len(rows) else 1
+        out = np.empty(len(rows), dtype=f"<U{digits + 1 + longest}")
+        for start in range(0, len(rows), block):
+            out[start:start + block] = [self._name(r) for r in rows[start:start + block]]
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return (self._name(r) for r in range(len(self)))
