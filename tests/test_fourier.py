@@ -160,7 +160,9 @@ def test_band_source_is_written_once_and_reused(tmp_path):
     data = prepare_data(stack, model, known_poses=True, flow_box=16, heldout_fraction=0.1,
                         seed=0)
     src = data.band_source(data.train_index, tmp_path / "prepared")
-    assert isinstance(src.values, np.memmap)
+    assert len(src.values) == len(data.train_index)
+    np.testing.assert_array_equal(np.load(tmp_path / "prepared" / "band.npy")[[2, 0]],
+                                  src.values[np.array([2, 0])])
     stamp = (tmp_path / "prepared" / "band.npy").stat().st_mtime_ns
     again = data.band_source(data.train_index, tmp_path / "prepared")
     assert (tmp_path / "prepared" / "band.npy").stat().st_mtime_ns == stamp

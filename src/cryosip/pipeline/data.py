@@ -51,7 +51,7 @@ from cryosip.rotations import sample_uniform_euler
 from cryosip.seeds import numpy_rng
 from cryosip.structures.base import AbstractConformationModel
 
-__all__ = ["BandSource", "DataScale", "PreparedData", "StackSource", "fourier_crop",
+__all__ = ["BandFile", "BandSource", "DataScale", "PreparedData", "StackSource", "fourier_crop",
            "prepare_data"]
 
 
@@ -163,9 +163,10 @@ class PreparedData:
                     with_nuisance: bool = True, progress: bool = False) -> BandSource:
         """The images at ``index`` as whitened bands, transformed once.
 
-        With ``folder`` the bands go to ``folder/band.npy`` (memory-mapped, written in chunks
-        under a temporary name and renamed, with ``band.json`` describing them) and are
-        reused when ``band.json`` matches; without it they are held in memory."""
+        With ``folder`` the bands go to ``folder/band.npy`` (written in blocks under a
+        temporary name and renamed, with ``band.json`` describing them; rows read back with
+        :class:`BandFile`) and are reused when ``band.json`` matches; without it they are
+        held in memory."""
         index = np.asarray(index)
         if folder is None:
             return BandSource(self, index, self.band_values(index), with_nuisance)
@@ -173,17 +174,23 @@ class PreparedData:
         folder.mkdir(parents=True, exist_ok=True)
         path, meta_path = folder / "band.npy", folder / "band.json"
         meta = self._band_meta(index)
-        if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
-            return BandSource(self, index, np.load(path, mmap_mode="r"), with_nuisance)
-        tmp = folder / f".band.{os.getpid()}.npy"
-        shape = (len(index), 2, *self.band.shape)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        self._fill_band(out, index, 1024, progress)
-        out.flush()
-        del out
-        os.replace(tmp, path)
-        atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
-        return BandSource(self, index, np.load(path, mmap_mode="r"), with_nuisance)
+        if not (path.exists() and meta_path.exists()
+                and json.loads(meta_path.read_text()) == meta):
+            tmp = folder / f".band.{os.getpid()}.npy"
+            shape = (len(index), 2, *self.band.shape)
+            # written block by block with plain writes (a writable memory map's dirty pages
+            # would count in the process's memory, O(N))
+            with open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                for start in range(0, len(index), 1024):
+                    rows = index[start:start + 1024]
+                    block = np.empty((len(rows), *shape[1:]), np.float32)
+                    self._fill_band(block, rows, 1024)
+                    f.write(block.tobytes())
+            os.replace(tmp, path)
+            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+        return BandSource(self, index, BandFile(path), with_nuisance)
 
     def _band_meta(self, index: np.ndarray) -> dict:
         s = self.scale
@@ -213,6 +220,37 @@ class StackSource:
         return self.data.observations(self.index[np.asarray(rows)], self.with_nuisance)
 
 
+class BandFile:
+    """Rows of a float32 ``.npy`` file read with ``pread`` (no memory map: mapped pages
+    would count in the process's memory as a run reads its way through a large file)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            self.offset = f.tell()
+        if dtype != np.float32:
+            raise InputError(self.path, "dtype", "float32", str(dtype))
+        self.shape = shape
+        self.row_bytes = 4 * int(np.prod(shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(rows))
+        out = np.empty((len(rows), *self.shape[1:]), np.float32)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, r in enumerate(rows):
+                buf = os.pread(fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
+                out[i] = np.frombuffer(buf, np.float32).reshape(self.shape[1:])
+        finally:
+            os.close(fd)
+        return out
+
+
 @dataclasses.dataclass(frozen=True)
 class BandSource:
     """Whitened band observations (:mod:`cryosip.forward.fourier`), transformed once.
@@ -231,7 +269,7 @@ class BandSource:
 
     def take(self, rows) -> Observations:
         rows = np.asarray(rows)
-        order = np.argsort(rows)  # memory maps read fastest in file order
+        order = np.argsort(rows)  # read in file order
         values = np.empty((len(rows), *self.values.shape[1:]), np.float32)
         values[order] = self.values[rows[order]]
         nuisance = None

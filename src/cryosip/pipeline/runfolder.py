@@ -164,7 +164,9 @@ def write_run_folder(out_dir: str | Path, config, data: PreparedData, model, *,
     record = run_record(config, data, model, method=method, prior=prior)
     index = np.asarray(data.heldout_index)[:record["split"]["n_heldout_stored"]]
     obs = data.observations(index, with_nuisance=True)
-    names = np.asarray(data.stack.table.image_names)[index].astype(str)
+    all_names = data.stack.table.image_names  # index first: never build all N names
+    names = (np.asarray([all_names[i] for i in index]) if isinstance(all_names, list | tuple)
+             else np.asarray(all_names[index])).astype(str)
     atomic_savez(out_dir / "heldout.npz", index=index, image_names=names,
                  images=np.asarray(obs.values, np.float32),
                  **{f.name: np.asarray(getattr(obs.nuisance, f.name))
