@@ -25,7 +25,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
+from cryosip import distributed
 from cryosip.discrepancies import GaussianKernel, median_bandwidth
 from cryosip.flows import (
     Checkpointer,
@@ -109,6 +111,11 @@ def flow_inputs(config: ReconstructConfig, data: PreparedData, operator: CryoEMO
         return operator, data.source(data.train_index, with_nuisance=known)
     band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
     prepared = None if folder is None else folder / "prepared"
+    if prepared is not None and distributed.is_distributed():
+        # one process transforms the images; the others wait, then read its file
+        if distributed.is_main():
+            data.band_source(data.train_index, prepared, progress=config.loop.progress)
+        multihost_utils.sync_global_devices("cryosip prepared band")
     source = data.band_source(data.train_index, prepared, with_nuisance=known,
                               progress=config.loop.progress)
     return band_op, source
