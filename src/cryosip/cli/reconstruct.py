@@ -56,8 +56,8 @@ FLAGS: dict[str, tuple[str, str]] = {
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--coarse``, ``--align-frames`` (shared with ``baseline``)."""
     p.add_argument("--model", default=None,
-                   help="adk-path | adk-domains | hinge | a multi-model PDB/mmCIF | a YAML/JSON "
-                        "model spec (default adk-path)")
+                   help="adk-path | adk-domains | adk-modes | hinge | a multi-model PDB/mmCIF "
+                        "| a YAML/JSON model spec (default adk-path)")
     p.add_argument("--coarse", choices=["residue", "none"], default=None,
                    help="one bead per residue for the built-in AdK models (default residue: "
                         "15x faster than all atoms)")
@@ -140,7 +140,8 @@ def add_process_arguments(p: argparse.ArgumentParser) -> None:
                    help="this process's id, 0..P-1 (0 writes the outputs)")
 
 
-_BUILTIN = ("adk-path", "adk-domains", "hinge")
+_BUILTIN = ("adk-path", "adk-domains", "adk-modes", "hinge")
+_BUILTIN_ADK = ("adk-path", "adk-domains", "adk-modes")  # the ones with residue beads
 
 
 def _model_spec(args) -> str | dict:
@@ -154,7 +155,7 @@ def _model_spec(args) -> str | dict:
         import yaml
 
         spec = yaml.safe_load(path.read_text())
-    if isinstance(spec, str) and spec in ("adk-path", "adk-domains") and coarse != "none":
+    if isinstance(spec, str) and spec in _BUILTIN_ADK and coarse != "none":
         spec = {"name": spec, "coarse": coarse}
     if args.align_frames:
         if spec in _BUILTIN or (isinstance(spec, dict) and "name" in spec):
