@@ -34,7 +34,9 @@ medians reported, ratios per repeat kept. XLA's YNN fusions are off as in the ``
 command (``configure_process``).
 
 Run: ``.venv/bin/python benchmarks/flow_step.py [--models residue all-atom] [--repeats 3]``
-(``--quick``: residue beads only, one repeat). Writes ``benchmarks/results/flow_step.json``.
+(``--quick``: residue beads only, one repeat; ``--box B``: the flow box, default 32, the
+pixel set so the field stays 128 Å, e.g. ``--box 64`` at 2 Å, ``--box 128`` at 1 Å).
+Writes ``benchmarks/results/flow_step.json``.
 """
 
 from __future__ import annotations
@@ -73,10 +75,18 @@ from cryosip.structures.factory import load_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "flow_step.json"
 BOX, PIXEL, N_PARTICLES = 32, 4.0, 32
+FIELD_ANGSTROM = BOX * PIXEL
 MINIBATCH = {"kl": 128, "mmd": 256}
 MODELS = {"residue": {"name": "adk-path", "coarse": "residue"}, "all-atom": {"name": "adk-path"}}
 REFERENCE_N = 1024
 PRIOR = NuisancePrior(defocus_range_angstrom=(10000.0, 25000.0), astigmatism_angstrom=1000.0)
+
+
+def set_box(box: int) -> None:
+    """Set the flow box for this process (module globals ``BOX``, ``PIXEL``), keeping the
+    128 Å field of the default (box 32 at 4 Å)."""
+    global BOX, PIXEL
+    BOX, PIXEL = box, FIELD_ANGSTROM / box
 
 
 def interleaved(calls: dict, rounds: int) -> dict[str, float]:
@@ -324,7 +334,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="residue beads, one repeat")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--merge", action="store_true", help="keep other cases' rows of --out")
+    parser.add_argument("--box", type=int, default=BOX,
+                        help="flow box in pixels (default 32); pixel = 128 Å / box")
     args = parser.parse_args(argv)
+    if args.box < 8 or args.box % 2:
+        parser.error(f"--box: expected an even number of pixels >= 8, found {args.box}")
+    set_box(args.box)
     models = ["residue"] if args.quick else args.models
     repeats = 1 if args.quick else args.repeats
     rows = []
@@ -335,8 +350,8 @@ def main(argv=None) -> int:
     meta = {"argv": sys.argv[1:], "jax": jax.__version__, "cpu_count": os.cpu_count(),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
     old = json.loads(out.read_text())["rows"] if args.merge and out.exists() else []
-    done = {(r["model"], r["objective"]) for r in rows}
-    rows = [r for r in old if (r["model"], r["objective"]) not in done] + rows
+    done = {(r["model"], r["objective"], r.get("box", 32)) for r in rows}
+    rows = [r for r in old if (r["model"], r["objective"], r.get("box", 32)) not in done] + rows
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
     return 0
