@@ -286,8 +286,11 @@ class FourierOperator(AbstractRandomOperator):
     * ``"analytic"``: the closed form of the module docstring, with the native pixel's
       ``sinc`` and no aliasing of the flow pixel (the Fourier crop's own model). Exact
       for any widths, but its ``(K+1) x n_atoms`` phase factors per image and axis are
-      elementwise work that XLA:CPU runs far below matmul speed: 5-10x the window path's
-      time here (``benchmarks/flow_step.py``). Kept as the independent reference.
+      elementwise work that XLA:CPU runs far below matmul speed: several times the window
+      path's time here (``benchmarks/fourier_paths.py``). Kept as the independent
+      reference, and for Fourier-cropped data whose atoms are narrower than the flow's
+      pixel, where the window path's coarse-pixel model is off near the flow's Nyquist
+      (``tests/test_fourier.py``).
     """
 
     model: AbstractConformationModel
