@@ -382,6 +382,8 @@ class FourierOperator(AbstractRandomOperator):
     def chunk_size(self, n_particles: int, n_atoms: int) -> int:
         """Images per ``lax.map`` chunk: the projections' ``(window + 1) x n_atoms`` CDF
         tables (two per pair) of all particles within ``cache_bytes``, at least one."""
+        if jax.default_backend() != "cpu":  # sized for a CPU's cache; a GPU wants one batch
+            return 2**30
         rows = self.window + 1 if self.projection == "window" else 2 * (self.band.half + 1)
         return max(1, self.cache_bytes // (2 * 4 * rows * n_atoms * n_particles))
 

@@ -118,6 +118,8 @@ class ImageModel(eqx.Module):
         for AdK all-atom and beads at box 64 and 128, batches 16 and 128, forward and
         gradient (see ``docs/performance.md``).
         """
+        if jax.default_backend() != "cpu":  # sized for a CPU's cache; a GPU wants one batch
+            return 2**30
         w = self.projector.window_size(self.config)
         return max(1, self.cache_bytes // (2 * 4 * (w + 1) * n_atoms))
 
@@ -125,6 +127,8 @@ class ImageModel(eqx.Module):
         """Images per CTF/FFT chunk: three ``box x (box/2 + 1)`` complex64 arrays per image
         within ``cache_bytes`` (no chunking at box 64 and batch 128; chunks of 32 at box 128,
         where that was 1.3-1.5x faster than one batched FFT)."""
+        if jax.default_backend() != "cpu":
+            return 2**30
         box = self.config.box_size
         return max(1, self.cache_bytes // (3 * 8 * box * (box // 2 + 1)))
 
