@@ -306,7 +306,11 @@ def test_grid_and_trajectory_support():
     frames = trajectory_support(FakePath())
     assert frames.shape == (98, 1)
     np.testing.assert_allclose(frames[[0, 1, -1], 0], [0.0, 1 / 97, 1.0])
-    with pytest.raises(TypeError, match="frame"):
+    class FakeModes:  # a model that carries its frames' coordinates (adk-modes)
+        frames_x = np.arange(6.0).reshape(3, 2)
+
+    np.testing.assert_array_equal(trajectory_support(FakeModes()), FakeModes.frames_x)
+    with pytest.raises(InputError, match="frames"):
         trajectory_support(object())
 
 
