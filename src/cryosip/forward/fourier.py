@@ -61,7 +61,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from cryosip import conventions
 from cryosip.forward.config import ImageConfig
 from cryosip.forward.ctf import Optics, ctf_rfft, sin_fast
-from cryosip.forward.image_model import rotate_and_shift
+from cryosip.forward.image_model import _chunked_map, rotate_and_shift
 from cryosip.forward.pose import ImageNuisance, NuisancePrior
 from cryosip.forward.projector import GaussianProjector
 from cryosip.operators import AbstractRandomOperator
@@ -222,14 +222,6 @@ def band_log_likelihood(model: Float[Array, "2 2 k1 k1"], data: Float[Array, "2 
     """``-||Y~ - C~ M||^2 / 2`` for whitened ``data`` and ``ctf`` (``C~``), no constant."""
     resid = data - ctf[:, None] * model
     return -0.5 * jnp.sum(resid**2)
-
-
-def _chunked(fn, xs, max_chunk: int):
-    n = jax.tree.leaves(xs)[0].shape[0]
-    chunk = -(-n // -(-n // max_chunk))
-    if chunk >= n:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk)
 
 
 def window_dft(band: FourierBand, window: int) -> np.ndarray:
@@ -401,7 +393,7 @@ class FourierOperator(AbstractRandomOperator):
             return fn(self._bands(atoms, env, nuisance.take(n)), n)
 
         size = self.chunk_size(xs.shape[0], atoms.positions_angstrom.shape[-2])
-        out = _chunked(one, jnp.arange(n_w), size)  # (n_obs, n_particles, ...)
+        out = _chunked_map(one, jnp.arange(n_w), size)  # (n_obs, n_particles, ...)
         return jnp.swapaxes(out, 0, 1)
 
     def clean_grid(self, xs, nuisance: ImageNuisance):
