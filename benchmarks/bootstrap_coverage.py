@@ -6,9 +6,12 @@ One truth (the hinge model, ``x`` in [0, 1], a mixture 0.7 N(0.25, 0.08) + 0.3 N
 replicates: each simulates its own images (``cryosip simulate``, seed ``100 + r``: its own
 true x, poses, CTFs and noise) and runs ``cryosip.pipeline.reconstruct`` (known poses, KL,
 seed ``r``) with ``--bootstrap B`` warm-started refits (:mod:`cryosip.pipeline.bootstrap`).
-A replicate is covered when ``lo <= p_true <= hi`` for its closed population (the centred
-interval that ``reconstruct`` reports); ``coverage_plain_percentile`` scores the plain 5-95th
-percentiles of the refits instead (the interval before centring). Beside the rate:
+A replicate is covered when ``lo <= p_true <= hi`` for its closed population (the interval
+that ``reconstruct`` reports). ``coverage_by_rule`` scores three interval rules on the same
+stored refits: ``t_sd`` (``value +- t(0.95, B-1) sd``, what reconstruct reports now),
+``centred_percentile`` (``value`` + the 5th/95th percentiles of the refits' deviations from
+their mean) and ``plain_percentile`` (5th/95th percentiles of the refits); ``--rescore
+FILE`` recomputes them from a results file without refitting. Beside the rate:
 the mean interval width, the replicates' bias and the spread of their point estimates
 against the refits' own spread (``sd_point / mean sd_refits``: well above 1 means the
 bootstrap under-states the sampling error, e.g. warm starts that do not move).
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from cryosip.datasets import parse_simulate_config, simulate_dataset
 from cryosip.datasets.truth import TruthMixture
@@ -96,7 +100,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--particles", type=int, default=16)
     parser.add_argument("--snr", type=float, default=0.05)
     parser.add_argument("--out", default=str(RESULTS / "bootstrap_coverage.json"))
+    parser.add_argument("--rescore", default=None,
+                        help="recompute the coverages of a results file in place, no refits")
     args = parser.parse_args(argv)
+    if args.rescore:
+        old = json.loads(Path(args.rescore).read_text())
+        args = argparse.Namespace(**old["settings"], out=args.rescore)
+        note = old.get("note", "")
+        result = _summarise(args, old["replicates"], note)
+        return result
     quick = {"replicates": 4, "images": 500, "steps": 40}
     full = {"replicates": 20, "images": 1000, "steps": 60}
     for k, v in (quick if args.quick else full).items():
@@ -112,23 +124,45 @@ def main(argv=None) -> dict:
                   f" true {p_true:.3f} covered {row['covered']}  ({row['wall_s']:.0f} s, "
                   f"bootstrap {row['bootstrap_s']:.0f} s, main flow {row['main_flow_s']:.0f} s)",
                   flush=True)
+            result = _summarise(args, rows)
+    return result
+
+
+def _intervals(value: float, refits: np.ndarray) -> dict[str, tuple[float, float]]:
+    """The three interval rules of the module docstring for one replicate."""
+    half = stats.t.ppf(0.95, len(refits) - 1) * refits.std(ddof=1)
+    dev = np.percentile(refits - refits.mean(), [5, 95])
+    return {"t_sd": (value - half, value + half),
+            "centred_percentile": (value + dev[0], value + dev[1]),
+            "plain_percentile": tuple(np.percentile(refits, [5, 95]))}
+
+
+def _summarise(args, rows: list[dict], note: str = "") -> dict:
+    """Coverage and the diagnostics of the module docstring over ``rows``; written to
+    ``--out`` (after every replicate, so a study cut short keeps what it measured)."""
+    p_true = rows[-1]["p_true"]
     values = np.array([r["value"] for r in rows])
     result = {
         "settings": {k: getattr(args, k) for k in ("replicates", "images", "steps", "bootstrap",
                                                    "particles", "snr")},
         "model": "hinge", "truth": TRUTH, "p_true_closed": p_true,
         "coverage": float(np.mean([r["covered"] for r in rows])),
-        "coverage_plain_percentile": float(np.mean([r["covered_plain_percentile"]
-                                                    for r in rows])),
+        "coverage_by_rule": {
+            rule: float(np.mean([lo <= r["p_true"] <= hi for r in rows
+                                 for lo, hi in [_intervals(r["value"],
+                                                           np.asarray(r["refits"]))[rule]]]))
+            for rule in ("t_sd", "centred_percentile", "plain_percentile")},
         "coverage_of_sample_fraction": float(np.mean([r["covered_sample"] for r in rows])),
         "mean_width": float(np.mean([r["hi"] - r["lo"] for r in rows])),
         "bias": float(values.mean() - p_true),
         "sd_point": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
         "mean_refit_sd": float(np.mean([r["refit_sd"] for r in rows])),
         "replicates": rows,
+        **({"note": note} if note else {}),
     }
     result["sd_ratio"] = result["sd_point"] / max(result["mean_refit_sd"], 1e-12)
-    print(f"coverage of the 90% closed-population interval: {result['coverage']:.2f} "
+    print(f"after {len(rows)} replicates: coverage of the 90% closed-population interval "
+          f"{result['coverage']:.2f} (by rule {result['coverage_by_rule']}) "
           f"({sum(r['covered'] for r in rows)}/{len(rows)}); mean width "
           f"{result['mean_width']:.3f}; bias {result['bias']:+.3f}; sd of point estimates "
           f"{result['sd_point']:.3f} vs mean refit sd {result['mean_refit_sd']:.3f}")

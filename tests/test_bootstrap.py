@@ -83,22 +83,24 @@ def _measure(closed: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array([[0.25], [0.75]]), np.array([closed, 1.0 - closed])
 
 
-def test_population_interval_is_the_5_95_percentile_of_the_refits():
-    refits = [_measure(c) for c in (0.9, 0.5, 0.8, 0.6, 0.7)]
-    bands = compute_bands(_measure(0.7), np.stack([r[0] for r in refits]),
+def test_population_interval_is_t_times_the_refits_sd_around_the_point():
+    refits = [_measure(c) for c in (0.74, 0.66, 0.72, 0.68, 0.70)]
+    bands = compute_bands(_measure(0.71), np.stack([r[0] for r in refits]),
                           np.stack([r[1] for r in refits]), _Box())
     closed = bands.populations["closed"]
-    # sorted 0.5 .. 0.9; the 5th percentile sits at order position 0.05 * 4 = 0.2 (linear
-    # interpolation): 0.5 + 0.2 * 0.1; the 95th at 3.8: 0.8 + 0.8 * 0.1
-    assert closed["value"] == pytest.approx(0.7)
-    assert closed["lo"] == pytest.approx(0.52) and closed["hi"] == pytest.approx(0.88)
-    assert bands.populations["open"]["lo"] == pytest.approx(0.12)
+    # sd (ddof 1) = sqrt((2 * 0.04^2 + 2 * 0.02^2) / 4) = sqrt(0.001); Student's t
+    # 95th percentile at 4 degrees of freedom = 2.1318 (tables)
+    half = 2.1318 * np.sqrt(0.001)
+    assert closed["value"] == pytest.approx(0.71)
+    assert closed["lo"] == pytest.approx(0.71 - half, abs=1e-4)
+    assert closed["hi"] == pytest.approx(0.71 + half, abs=1e-4)
+    assert bands.populations["open"]["lo"] == pytest.approx(0.29 - half, abs=1e-4)
     assert closed["lo"] <= closed["value"] <= closed["hi"]
     # density band: at x = 0.25 the KDE peak scales with the closed mass (bandwidth 0.03)
     i = np.argmin(np.abs(bands.grid[0] - 0.25))
     peak = 1 / (0.03 * np.sqrt(2 * np.pi))
-    assert bands.density_lo[0, i] == pytest.approx(0.52 * peak, rel=1e-3)
-    assert bands.density_hi[0, i] == pytest.approx(0.88 * peak, rel=1e-3)
+    assert bands.density_lo[0, i] == pytest.approx((0.71 - half) * peak, rel=1e-3)
+    assert bands.density_hi[0, i] == pytest.approx((0.71 + half) * peak, rel=1e-3)
     assert np.all(bands.free_energy_lo <= bands.free_energy_hi + 1e-12)
 
 

@@ -18,20 +18,22 @@ comes from the stream ``bootstrap`` (:mod:`cryosip.seeds`): the resampled rows a
 ``numpy_rng(seed, "bootstrap").integers(0, N, (B, N))`` and refit ``b`` runs with the key
 ``fold_in(jax_key(seed, "bootstrap"), b)`` (its minibatches and nuisance draws).
 
-Bands (:class:`Bands`) are percentile intervals centred on the point estimate: ``value +
-[q05, q95]`` of the refits' deviations from their own mean, ``r_b - mean_b r_b``
-(``numpy.percentile``, linear interpolation). Plain percentiles of ``r_b`` would carry any
-drift the refits share: a warm-started flow that has not converged keeps moving the same
-way on every resample (seen on the hinge: 2 of 2 replicates had all refits below the
-point estimate, one interval excluding it); centring removes that common drift and keeps
-the spread that the resampling causes, and the interval always contains the point
-estimate. They are computed per coordinate axis for the
+Bands (:class:`Bands`) are 90% intervals ``value +- t * sd``: ``sd`` the standard deviation
+of the ``B`` refits (``ddof=1``) and ``t`` the 95th percentile of Student's t with ``B - 1``
+degrees of freedom (2.353 at ``B = 4``), centred on the point estimate (``B = 1``: no
+spread, ``nan``). Not the 5th and 95th percentiles of the refits: with a handful of refits
+those sit near the extreme refits, about +-0.85 sd at ``B = 4``, and covered the true
+closed population of the hinge in 55-70% of 20 replicates where this interval covered
+90-95% (``benchmarks/bootstrap_coverage.py``, ``docs/sip-core.md`` section 9; the refits'
+own spread matched that of the point estimates, ratio 0.8-0.9). Centring on the point
+estimate, rather than on the refits' mean, leaves out any drift the warm-started refits
+share (a flow not yet converged keeps moving the same way on every resample), and the
+interval always contains the point estimate. Bands are computed per coordinate axis for the
 marginal density (a Gaussian KDE of bandwidth 3% of the box, as the figures draw it) and
 the free energy ``-log p`` (kT, shifted to min 0, as
 :func:`cryosip.plotting.free_energy_profile`) on a 200-point grid, and the mass of each
-named state of the model (:func:`cryosip.pipeline.evaluate.populations`). With small ``B``
-the percentiles sit near the refits' extremes (``B = 4``: the 0.15-th and 2.85-th order
-statistics); ``benchmarks/bootstrap_coverage.py`` measures how often they cover the truth.
+named state of the model (:func:`cryosip.pipeline.evaluate.populations`); density and
+populations are clipped to their ranges.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from cryosip.flows import Domain, FlowConfig, FlowProblem, run_flow
 from cryosip.flows.builder import build_solver
@@ -58,8 +61,8 @@ __all__ = ["BOOTSTRAP_FRACTION", "LEVEL", "Bands", "BootstrapResult", "Resampled
 BOOTSTRAP_FRACTION = 0.25
 """Steps of each warm-started refit, as a fraction of the main flow's (module docstring)."""
 
-LEVEL = (5.0, 95.0)
-"""Percentiles of the bands over the refits: a 90% interval."""
+LEVEL = 0.90
+"""Nominal coverage of the bands (module docstring)."""
 
 N_GRID = 200
 """Grid points per axis of the density and free-energy bands."""
@@ -144,9 +147,13 @@ def _marginals(positions, weights, grid: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _centred(value, refits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``value + percentiles(LEVEL)`` of ``refits - mean(refits)`` (over axis 0)."""
-    lo, hi = np.percentile(refits - refits.mean(axis=0), LEVEL, axis=0)
-    return value + lo, value + hi
+    """``value -+ t_{0.95, B-1} * sd(refits)`` over axis 0 (module docstring)."""
+    n = refits.shape[0]
+    if n < 2:
+        half = np.full(np.shape(value), np.nan)
+    else:
+        half = stats.t.ppf(0.95, n - 1) * refits.std(axis=0, ddof=1)
+    return value - half, value + half
 
 
 def compute_bands(measure: tuple[np.ndarray, np.ndarray], refit_positions: np.ndarray,
@@ -218,5 +225,5 @@ def bootstrap_record(boot: BootstrapResult | None) -> dict[str, Any]:
         return {}
     return {"populations": boot.bands.populations,
             "bootstrap": {"refits": boot.n_refits, "steps_per_refit": boot.steps,
-                          "interval": "5th-95th percentile over the refits (90%)",
+                          "interval": "90%: value +- t(0.95, B-1) x sd of the refits",
                           "wall_time_s": boot.wall_time_s}}
