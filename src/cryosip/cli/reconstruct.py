@@ -34,6 +34,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "poses": ("data.poses", "--poses"),
     "register": ("data.registration", "--register"),
     "flow_box": ("data.flow_box", "--flow-box"),
+    "bootstrap": ("uncertainty.bootstrap", "--bootstrap"),
     "noise_std": ("data.noise_std", "--noise-std"),
     "contrast": ("data.contrast", "--contrast"),
     "discrepancy": ("objective.kind", "--discrepancy"),
@@ -109,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
                         "f x median heuristic; default 1)")
     p.add_argument("--flow-box", type=int, default=None,
                    help="Fourier-crop images to this box for the flow (0: no crop; default 32)")
+    p.add_argument("--bootstrap", type=int, default=None, metavar="B",
+                   help="warm-started refits on resampled images for the 90%% bands of the "
+                        "density, populations and free energy (default 4; 0: none)")
     p.add_argument("--noise-std", type=float, default=None,
                    help="noise sigma in the stack's units (default: estimated)")
     p.add_argument("--contrast", type=float, default=None,

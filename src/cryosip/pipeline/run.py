@@ -23,6 +23,8 @@ from cryosip import distributed
 from cryosip.forward import ImageConfig
 from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.outputs import (
+    bootstrap_arrays,
+    bootstrap_record,
     write_ensemble,
     write_figures,
     write_run_report,
@@ -99,11 +101,12 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
         "status": result.flow.status.value, "train_index": result.data.train_index,
         "heldout_index": result.data.heldout_index,
         **{k: v for k, v in _scale_record(result).items() if k != "estimated"},
+        **bootstrap_arrays(result.bootstrap),
     })
     known = config.data.poses == "known"
     write_run_folder(out_dir, config, result.data, result.model, method=method,
                      prior=None if known else result.operator.prior)
-    summary = summarise(result)
+    summary = {**summarise(result), **bootstrap_record(result.bootstrap)}
     stack = result.data.stack
     # every atom of the model, even when the flow ran on residue beads
     output_model = load_output_model(config.model)
@@ -113,7 +116,7 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
                                   config.outputs.quantiles,
                                   ImageConfig(stack.box_size, stack.pixel_size_angstrom))
     figures = write_figures(out_dir, result.model, positions, weights, history,
-                            _image_pairs(result))
+                            _image_pairs(result), bootstrap=result.bootstrap)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_config(config, out_dir / "config.yaml")  # --config RUN/config.yaml reruns it
     write_provenance(out_dir, config, config.seed, argv, started, scale=_scale_record(result),
