@@ -94,12 +94,15 @@ class MMDSection(_Section):
     ``max(1, n_draws // n_particles)`` per particle. ``bandwidth`` is relative: on
     ``features="pixels"`` the Gaussian kernel has ``h^2 = bandwidth * D * sigma^2`` (``D``
     pixels, ``sigma`` the noise); on ``"power-spectrum"`` (:mod:`cryosip.forward.features`)
-    ``h`` is ``bandwidth`` times the median distance between features of prior simulations."""
+    ``h`` is ``bandwidth`` times the median distance between features of prior simulations;
+    ``"second-moment"`` (unknown poses, :mod:`cryosip.flows.moment_objective`) compares the
+    images' pose-averaged second moments, kernel ``(<a, b> / tau)^2`` with ``tau`` =
+    ``bandwidth`` times the mean squared norm of clean prior simulations."""
 
     kind: Literal["mmd"] = "mmd"
     n_draws: int = Field(256, ge=1)
     bandwidth: float = Field(1.0, gt=0)
-    features: Literal["pixels", "power-spectrum"] = "pixels"
+    features: Literal["pixels", "power-spectrum", "second-moment"] = "pixels"
 
 
 class SampleSection(_Section):

@@ -40,6 +40,7 @@ from cryosip.flows import (
     SampleObjective,
     fit_measure,
 )
+from cryosip.flows.moment_objective import SecondMomentObjective, moment_scale
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.forward.fourier import FourierOperator
 from cryosip.io import read_particles
@@ -138,6 +139,11 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     n_draws = max(1, section.n_draws // config.solver.n_particles)  # n_draws is per step
     if section.kind != "mmd":  # a registered sample discrepancy (config.SampleSection)
         return SampleObjective(operator, section.discrepancy(), n_draws=n_draws)
+    if section.features == "second-moment":
+        tau = section.bandwidth * moment_scale(operator, operator.model.lower,
+                                               operator.model.upper,
+                                               jax_key(config.seed, "bandwidth"))
+        return SecondMomentObjective(operator, tau, n_draws=max(2, n_draws))
     if section.features == "power-spectrum":
         phi = RadialPowerSpectrum(operator.image_config.box_size)
         h = section.bandwidth * _feature_scale(operator, phi, config.seed, n_draws)
