@@ -13,6 +13,7 @@ from cryosip.errors import InputError
 from cryosip.pipeline.bootstrap import (
     ResampledSource,
     compute_bands,
+    n_refits,
     refit_steps,
     resample_indices,
     run_bootstrap,
@@ -114,7 +115,8 @@ def test_identical_refits_give_bands_of_zero_width_at_the_point_estimate():
 
 def test_bootstrap_setting_default_and_bad_value():
     config = ReconstructConfig.model_validate({"data": {"particles": "p.star"}})
-    assert config.uncertainty.bootstrap == 4
+    assert config.uncertainty.bootstrap is None  # the default count of the run's kind
+    assert (n_refits(config), n_refits(config, refinement=object())) == (4, 40)
     with pytest.raises(InputError, match="uncertainty.bootstrap"):
         parse_config({"data": {"particles": "p.star"}, "uncertainty": {"bootstrap": -1}})
     off = config.model_copy(update={"uncertainty": config.uncertainty.model_copy(
@@ -137,7 +139,7 @@ def test_reconstruct_with_two_refits_end_to_end(hinge_data, tmp_path):
                  "heldout_fraction": 0.1},
         "model": "hinge", "solver": {"n_particles": 8}, "uncertainty": {"bootstrap": 2},
         "loop": {"steps": 20, "batch_size": 32, "history_every": 5, "checkpoint_every": 10,
-                 "progress": False}})
+                 "progress": False, "refine_weights": False}})
     result = reconstruct(config, tmp_path / "run")
     boot = result.bootstrap
     assert boot is not None and boot.n_refits == 2 and boot.steps == 5

@@ -1,11 +1,13 @@
 """The one flow driver: ``run_flow(solver, objective, measure, observations, key, config)``.
 
 The loop runs jitted chunks of ``config.history_every`` steps (``lax.scan``); step ``k``
-uses the key ``fold_in(key, k)`` (split into a minibatch key and a step key), never a
-carried key, so a run resumed from a checkpoint at step ``k`` ends exactly where the
-uninterrupted run ends. After each chunk: history (positions, weights; the loss of every
-step), divergence check (non-finite loss or positions), callbacks, checkpoint, stopping
-rule. Checkpoints are ``.npz`` written atomically (temporary file + ``os.replace``).
+uses the step key ``split(fold_in(key, k))[1]``, never a carried key, and the minibatch
+rows of step ``k`` are drawn on the host in epochs (:class:`BatchRows`: one permutation
+of the rows per epoch, ``O(batch)`` per step), so a run resumed from a checkpoint at step
+``k`` ends exactly where the uninterrupted run ends. After each chunk: history
+(positions, weights; the loss of every step), divergence check (non-finite loss or
+positions), callbacks, checkpoint, stopping rule. Checkpoints are ``.npz`` written
+atomically (temporary file + ``os.replace``).
 
 When JAX runs on several processes (:func:`cryosip.distributed.initialize`), the chunks are
 data parallel (:class:`cryosip.distributed.DataParallel`): every process draws the same
@@ -47,7 +49,7 @@ from cryosip.measures import ParticleMeasure
 from cryosip.operators import Observations
 from cryosip.provenance import atomic_savez
 
-__all__ = ["Checkpointer", "FlowResult", "FlowStatus", "ObservationSource", "run_flow"]
+__all__ = ["BatchRows", "Checkpointer", "FlowResult", "FlowStatus", "ObservationSource", "run_flow"]
 
 
 class FlowStatus(enum.Enum):
@@ -64,7 +66,9 @@ class FlowResult:
     [n_saved, n_particles, dim]`` and ``weights_history [n_saved, n_particles]`` at
     ``steps_history [n_saved]`` (0 = the initial measure); ``timings`` in seconds:
     ``total_s``, ``first_chunk_s`` (includes compilation), ``per_step_s`` (median over the
-    other chunks, or the first when it is the only one).
+    other chunks, or the first when it is the only one). ``refinement``: the full-data
+    weights phase when the caller ran one (:class:`cryosip.flows.refine.Refinement`; its
+    weights are then ``measure``'s).
     """
 
     status: FlowStatus
@@ -75,6 +79,7 @@ class FlowResult:
     positions_history: np.ndarray
     weights_history: np.ndarray
     timings: dict[str, float]
+    refinement: object | None = None  # the full-data weights phase (cryosip.flows.refine)
 
     @property
     def n_steps(self) -> int:
@@ -128,15 +133,64 @@ class ObservationSource(Protocol):
     def take(self, rows: np.ndarray) -> Observations: ...
 
 
-def _batch_rows(key, n: int, batch_size: int | None):
-    """Rows of the minibatch drawn with ``key`` (the same in memory and streamed)."""
-    if batch_size is None or batch_size >= n:
-        return None
-    return jax.random.permutation(key, n)[:batch_size]
+def _host_permutation(key, n: int) -> np.ndarray:
+    """``jax.random.permutation(key, n)`` computed on the host's CPU device (int32)."""
+    try:
+        cpu = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # no CPU backend (JAX_PLATFORMS without cpu): the default device
+        return np.asarray(jax.random.permutation(key, n), dtype=np.int32)
+    with jax.default_device(cpu):
+        return np.asarray(jax.random.permutation(jax.device_put(key, cpu), n), dtype=np.int32)
 
 
-def _minibatch(observations: Observations, key, batch_size: int | None) -> Observations:
-    rows = _batch_rows(key, len(observations), batch_size)
+class BatchRows:
+    """The minibatch rows of every step of a run, drawn on the host in epochs.
+
+    ``n`` observations, minibatch ``B < n``, ``m = n // B`` steps an epoch: step ``k`` is
+    step ``j = k mod m`` of epoch ``e = k // m`` and takes the rows ``perm_e[jB:(j+1)B]``
+    of the epoch's permutation ``perm_e = permutation(split(fold_in(key, e))[0], n)`` (the
+    minibatch half of step ``e``'s key, which no step uses otherwise). Within an epoch the
+    steps see distinct rows; the ``n - mB`` rows left after the last full minibatch wait
+    for a later epoch (drop-last). A permutation is computed once per epoch (``O(n)``) and
+    kept, so a step costs ``O(B)``, and the rows depend only on ``(key, n, B, k)``: the
+    same in memory and streamed, on every process, and after a resume. ``B >= n`` (or
+    ``None``): every step takes all rows (``rows`` returns ``None``).
+
+    >>> import jax
+    >>> rows = BatchRows(jax.random.key(0), 10, 3)
+    >>> epoch = [rows(k) for k in range(3)]      # three steps of 3 distinct rows out of 10
+    >>> len(set(np.concatenate(epoch).tolist()))
+    9
+    >>> rows.chunk(2, 2).shape                   # steps 2 and 3 (the next epoch starts at 3)
+    (2, 3)
+    """
+
+    def __init__(self, key, n: int, batch_size: int | None):
+        self.key, self.n = key, int(n)
+        self.batch_size = None if batch_size is None or batch_size >= n else int(batch_size)
+        self._epoch, self._perm = -1, np.zeros(0, np.int32)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._perm = _host_permutation(_keys(self.key, epoch)[0], self.n)
+            self._epoch = epoch
+        return self._perm
+
+    def __call__(self, step: int) -> np.ndarray | None:
+        """Rows of step ``step`` (int32 ``[B]``), or ``None`` for all rows."""
+        if self.batch_size is None:
+            return None
+        epoch, j = divmod(int(step), self.n // self.batch_size)
+        return self._permutation(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
+
+    def chunk(self, start: int, n_steps: int) -> np.ndarray | None:
+        """Rows of steps ``start .. start + n_steps - 1`` (``[n_steps, B]``), or ``None``."""
+        if self.batch_size is None:
+            return None
+        return np.stack([self(step) for step in range(start, start + n_steps)])
+
+
+def _minibatch(observations: Observations, rows) -> Observations:
     return observations if rows is None else observations.take(rows)
 
 
@@ -148,14 +202,16 @@ def _keys(key, step):
 # batches), whose arguments are traced (state, key, start) or static (n_steps, batch_size)
 # one by one; a container would have to be split again for equinox's filter.
 @eqx.filter_jit
-def _advance(solver, objective, observations, state, key, start, n_steps,  # noqa: PLR0913
-             batch_size):
-    def body(state, step):
-        k_batch, k_step = _keys(key, step)
-        batch = _minibatch(observations, k_batch, batch_size)
-        return solver.step(state, objective, batch, k_step, step)
+def _advance(solver, objective, observations, state, key, start, rows,  # noqa: PLR0913
+             n_steps):
+    """Steps ``start, ...`` on in-memory ``observations``; ``rows [n_steps, B]`` (or
+    ``None``: all rows) drawn on the host (:class:`BatchRows`)."""
+    def body(state, inputs):
+        step, step_rows = inputs
+        batch = _minibatch(observations, step_rows)
+        return solver.step(state, objective, batch, _keys(key, step)[1], step)
 
-    return jax.lax.scan(body, state, start + jnp.arange(n_steps))
+    return jax.lax.scan(body, state, (start + jnp.arange(n_steps), rows))
 
 
 def _scan_batches(solver, objective, batches, state, key, start):
@@ -171,28 +227,27 @@ def _scan_batches(solver, objective, batches, state, key, start):
 _advance_batches = eqx.filter_jit(_scan_batches)
 
 
-def _read_chunk(source: ObservationSource, key, start: int, n_steps: int,
-                batch_size: int | None, share: Callable | None = None) -> Observations:
-    """The chunk's minibatches, stacked along a leading step axis, read from ``source``
-    (only the rows ``share(rows)`` of each when given: this process's part)."""
-    n, batches = len(source), []
-    for step in range(start, start + n_steps):
-        rows = _batch_rows(_keys(key, step)[0], n, batch_size)
-        rows = np.arange(n) if rows is None else np.asarray(rows)
-        batches.append(source.take(rows if share is None else share(rows)))
+def _read_chunk(source: ObservationSource, rows: np.ndarray | None, n_steps: int,
+                share: Callable | None = None) -> Observations:
+    """The chunk's minibatches (``rows [n_steps, B]``, ``None``: all rows), stacked along a
+    leading step axis, read from ``source`` (only the rows ``share(rows)`` of each when
+    given: this process's part)."""
+    batches = []
+    for step in range(n_steps):
+        step_rows = np.arange(len(source)) if rows is None else rows[step]
+        batches.append(source.take(step_rows if share is None else share(step_rows)))
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
 
 
-def _chunk(solver, objective, observations, state, key, step, n, config,  # noqa: PLR0913
-           parallel: DataParallel | None = None):
-    batch_size = config.batch_size
+def _chunk(solver, objective, observations, state, key, step, n,  # noqa: PLR0913
+           batch_rows: BatchRows, parallel: DataParallel | None = None):
+    rows = batch_rows.chunk(step, n)
     if parallel is not None:
-        batches = _read_chunk(observations, key, step, n, batch_size, parallel.share)
-        return parallel.advance(batches, state, step)
+        return parallel.advance(_read_chunk(observations, rows, n, parallel.share), state, step)
     if isinstance(observations, Observations):
-        return _advance(solver, objective, observations, state, key, jnp.asarray(step), n,
-                        batch_size)
-    batches = _read_chunk(observations, key, step, n, batch_size)
+        return _advance(solver, objective, observations, state, key, jnp.asarray(step),
+                        None if rows is None else jnp.asarray(rows), n)
+    batches = _read_chunk(observations, rows, n)
     return _advance_batches(solver, objective, batches, state, key, jnp.asarray(step))
 
 
@@ -268,13 +323,14 @@ def run_flow(  # noqa: PLR0913
     t_start = time.perf_counter()
     parallel = _data_parallel(solver, objective, observations, key, config)
     state, step, history = _start(solver, measure, key, checkpointer, resume, parallel)
+    batch_rows = BatchRows(key, len(observations), config.batch_size)
     status, chunk_times = FlowStatus.MAX_STEPS, []
     with _progress(config, step) as bar:
         while step < config.max_steps:
             n = min(config.history_every, config.max_steps - step)
             t0 = time.perf_counter()
             state, losses = _chunk(solver, objective, observations, state, key, step, n,
-                                   config, parallel)
+                                   batch_rows, parallel)
             losses = np.asarray(losses)
             chunk_times.append((time.perf_counter() - t0) / n)
             step += n

@@ -1,7 +1,21 @@
 """Bootstrap uncertainty of a reconstruction: bands on the density, the state populations
 and the free-energy profile.
 
-After the main flow, ``B = config.uncertainty.bootstrap`` refits (0: none) each run the same
+**Runs with a full-data refinement** (KL with known poses, the default:
+:mod:`cryosip.flows.refine`). The estimate's last stage is EM for the weights on the
+likelihood matrix ``L[n, j]`` of all training images under the final particles, so a
+refit on a resample of the images is EM on the resampled rows of ``L`` (the same draws
+``numpy_rng(seed, "bootstrap")``), from the point estimate's weights, positions fixed:
+no image is read or rendered again, and ``B`` defaults to :data:`WEIGHT_REFITS` (40). It
+is the bootstrap of the mixture weights on the particles' support: it carries the
+sampling error of the images and its amplification by the noise (the deconvolution),
+not the spread of the particles' positions, which for a population (the mass of a region
+holding several particles) moves mass between neighbours inside the region and matters
+only at its edge. Calibrated like the flow refits below (coverage in ``docs/sip-core.md``
+section 9).
+
+**Runs without it** (MMD, unknown poses): after the main flow, ``B`` refits (default
+:data:`FLOW_REFITS`; ``config.uncertainty.bootstrap``, 0: none) each run the same
 flow on the training images resampled with replacement (:class:`ResampledSource`: row
 ``i`` of the refit's data is image ``index_b[i]`` of the training source), warm-started
 from the main flow's final measure, for :func:`refit_steps` steps: ``ceil(0.25 * steps)``
@@ -50,19 +64,32 @@ from scipy import stats
 
 from cryosip.flows import Domain, FlowConfig, FlowProblem, run_flow
 from cryosip.flows.builder import build_solver
+from cryosip.flows.refine import refine_from_loglik
 from cryosip.measures import ParticleMeasure
 from cryosip.pipeline.evaluate import populations
 from cryosip.plotting.figures import weighted_kde
 from cryosip.seeds import jax_key, numpy_rng
 
-__all__ = ["BOOTSTRAP_FRACTION", "LEVEL", "Bands", "BootstrapResult", "ResampledSource",
-           "compute_bands", "refit_steps", "resample_indices", "run_bootstrap"]
+__all__ = ["BOOTSTRAP_FRACTION", "FLOW_REFITS", "LEVEL", "WEIGHT_REFITS", "Bands",
+           "BootstrapResult", "ResampledSource", "compute_bands", "n_refits", "refit_steps",
+           "resample_indices", "run_bootstrap"]
 
 BOOTSTRAP_FRACTION = 0.25
 """Steps of each warm-started refit, as a fraction of the main flow's (module docstring)."""
 
 LEVEL = 0.90
 """Nominal coverage of the bands (module docstring)."""
+
+FLOW_REFITS = 4
+"""Default number of warm-started flow refits (runs without a full-data refinement)."""
+
+WEIGHT_REFITS = 40
+"""Default number of weight refits (runs with a full-data refinement: each is an EM on the
+resampled rows of the likelihood matrix, milliseconds to a second)."""
+
+REFIT_TOL = 1e-7
+"""EM tolerance of a weight refit (mean log-likelihood per image; it starts at the point
+estimate, a sampling error away from its own optimum)."""
 
 N_GRID = 200
 """Grid points per axis of the density and free-energy bands."""
@@ -184,16 +211,44 @@ def compute_bands(measure: tuple[np.ndarray, np.ndarray], refit_positions: np.nd
     return Bands(grid, density, d_lo, d_hi, free, f_lo, f_hi, pops, refits)
 
 
-def run_bootstrap(config, operator, model, source, measure: ParticleMeasure
-                  ) -> BootstrapResult | None:
-    """``config.uncertainty.bootstrap`` warm-started refits of the flow of ``config`` on
-    resamples of ``source`` from ``measure`` (module docstring); ``None`` when it is 0."""
+def n_refits(config, refinement=None) -> int:
+    """``config.uncertainty.bootstrap``, or its default when ``None``:
+    :data:`WEIGHT_REFITS` with a full-data refinement, :data:`FLOW_REFITS` without."""
+    chosen = config.uncertainty.bootstrap
+    if chosen is None:
+        return WEIGHT_REFITS if refinement is not None else FLOW_REFITS
+    return int(chosen)
+
+
+def _weight_refits(measure: ParticleMeasure, refinement, count: int, seed: int):
+    """EM on resampled rows of the full-data likelihood, from the point estimate's weights
+    (positions fixed; module docstring)."""
+    positions, weights = measure.to_numpy()
+    loglik = refinement.loglik
+    refit = []
+    for index in resample_indices(loglik.shape[0], count, seed):
+        refit.append(refine_from_loglik(loglik[index], weights, tol=REFIT_TOL).weights)
+    return (np.broadcast_to(positions, (count, *positions.shape)).copy(),
+            np.stack(refit).astype(np.float32))
+
+
+def run_bootstrap(config, operator, model, source, measure: ParticleMeasure,  # noqa: PLR0913
+                  refinement=None) -> BootstrapResult | None:
+    """Bootstrap refits of the reconstruction of ``config`` on resamples of ``source``
+    (module docstring): EM on the rows of ``refinement.loglik`` when the run has a full-data
+    refinement (:mod:`cryosip.flows.refine`), else warm-started flows from ``measure``;
+    ``None`` when the count (:func:`n_refits`) is 0."""
     from cryosip.pipeline.reconstruct import _objective  # reconstruct imports this module
 
-    n_refits = int(config.uncertainty.bootstrap)
-    if n_refits <= 0:
+    count = n_refits(config, refinement)
+    if count <= 0:
         return None
     t0 = time.perf_counter()
+    if refinement is not None:
+        positions, weights = _weight_refits(measure, refinement, count, config.seed)
+        bands = compute_bands(measure.to_numpy(), positions, weights, model)
+        return BootstrapResult(positions, weights, 0, int(config.seed),
+                               time.perf_counter() - t0, bands)
     n = len(source)
     steps = refit_steps(config.loop.steps)
     domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
@@ -206,7 +261,7 @@ def run_bootstrap(config, operator, model, source, measure: ParticleMeasure
                              FlowProblem(objective, measure, source, domain), base_key,
                              loop.batch_size)
     positions, weights = [], []
-    for b, index in enumerate(resample_indices(n, n_refits, config.seed)):
+    for b, index in enumerate(resample_indices(n, count, config.seed)):
         result = run_flow(solver, objective, measure, ResampledSource(source, index),
                           jax.random.fold_in(base_key, b), loop)
         p, w = result.measure.to_numpy()
@@ -223,7 +278,10 @@ def bootstrap_record(boot: BootstrapResult | None) -> dict[str, Any]:
     level, wall time) for ``summary.json``; ``{}`` without a bootstrap."""
     if boot is None:
         return {}
+    kind = ("weights: EM on the resampled full-data likelihood, positions fixed"
+            if boot.steps == 0 else "flow: warm-started refits")
     return {"populations": boot.bands.populations,
-            "bootstrap": {"refits": boot.n_refits, "steps_per_refit": boot.steps,
+            "bootstrap": {"refits": boot.n_refits, "kind": kind,
+                          "steps_per_refit": boot.steps,
                           "interval": "90%: value +- t(0.95, B-1) x sd of the refits",
                           "wall_time_s": boot.wall_time_s}}

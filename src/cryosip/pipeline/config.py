@@ -168,24 +168,32 @@ class SolverSection(_Section):
     temperature: float = Field(0.0, ge=0)
     wfr: bool = True
     weight_rate: float = Field(1.0, gt=0)
+    resample_ess_fraction: float = Field(0.0, ge=0, le=1)
+    resample_jitter: float = Field(0.0, ge=0)
 
     def flows_config(self) -> SolverConfig:
         """The :class:`~cryosip.flows.SolverConfig` of this section."""
         return SolverConfig(step_size=self.step_size, max_displacement=self.max_displacement,
                             step_decay=self.step_decay, temperature=self.temperature,
-                            weight_rate=self.weight_rate if self.wfr else 0.0)
+                            weight_rate=self.weight_rate if self.wfr else 0.0,
+                            resample_ess_fraction=self.resample_ess_fraction,
+                            resample_jitter=self.resample_jitter)
 
 
 class LoopSection(_Section):
     """The loop: ``steps``; ``batch_size`` images per minibatch (``None``: 128 for KL, 256
     for MMD, whose minibatch gradients are noisier: AdK, N = 10000, SNR 0.01, known poses,
-    MMD W1 0.043 at 128, 0.038 at 256); history and checkpoint cadence in steps."""
+    MMD W1 0.043 at 128, 0.038 at 256); history and checkpoint cadence in steps.
+    ``refine_weights`` (KL with known poses): after the last step, the weights' Fisher-Rao
+    flow on all the training images at the final positions, run to its limit (EM on one
+    full-data likelihood pass, :mod:`cryosip.flows.refine`)."""
 
     steps: int = Field(300, ge=1)
     batch_size: int | None = Field(None, ge=1)
     history_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     progress: bool = True
+    refine_weights: bool = True
 
 
 class OutputsSection(_Section):
@@ -195,10 +203,11 @@ class OutputsSection(_Section):
 
 
 class UncertaintySection(_Section):
-    """``bootstrap`` warm-started refits on resampled images for the 90% bands of the
-    density, populations and free energy (0: none; :mod:`cryosip.pipeline.bootstrap`)."""
+    """``bootstrap`` refits on resampled images for the 90% bands of the density,
+    populations and free energy (0: none; ``None``: 40 weight refits when the run has a
+    full-data refinement, else 4 warm-started flow refits; :mod:`cryosip.pipeline.bootstrap`)."""
 
-    bootstrap: int = Field(4, ge=0)
+    bootstrap: int | None = Field(None, ge=0)
 
 
 class ReconstructConfig(_Section):

@@ -35,12 +35,14 @@ from cryosip.flows import (
     FlowConfig,
     FlowProblem,
     FlowResult,
+    FlowStatus,
     KLObjective,
     MMDObjective,
     SampleObjective,
     fit_measure,
 )
 from cryosip.flows.moment_objective import SecondMomentObjective, moment_scale
+from cryosip.flows.refine import known_pose_block, refine_weights
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.forward.fourier import FourierOperator
 from cryosip.io import read_particles
@@ -54,7 +56,7 @@ from cryosip.structures.factory import load_model
 from cryosip.structures.translated import TranslatedModel
 
 __all__ = ["ReconstructResult", "build_operator", "fit_flow", "flow_inputs", "initial_measure",
-           "reconstruct", "uses_band"]
+           "reconstruct", "refine_flow", "uses_band"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +189,26 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
         checkpoint_every=max(every, config.loop.checkpoint_every // every * every),
         progress=config.loop.progress,
     )
-    return fit_measure(problem, config.solver.flows_config(), loop,
-                       jax_key(config.seed, "flow"),
-                       checkpointer, resume)
+    flow = fit_measure(problem, config.solver.flows_config(), loop,
+                       jax_key(config.seed, "flow"), checkpointer, resume)
+    return refine_flow(config, operator, observations, flow)
+
+
+def refine_flow(config: ReconstructConfig, operator, observations, flow: FlowResult
+                ) -> FlowResult:
+    """``flow`` with its weights replaced by the full-data phase's
+    (:mod:`cryosip.flows.refine`) when ``config.loop.refine_weights`` applies: KL with each
+    image's nuisance known; otherwise ``flow`` as it is."""
+    known = config.data.poses == "known"
+    if not (config.loop.refine_weights and config.objective.kind == "kl" and known
+            and flow.status != FlowStatus.DIVERGED):
+        return flow
+    positions, weights = flow.measure.to_numpy()
+    refined = refine_weights(known_pose_block(operator), positions, weights, observations,
+                             progress=config.loop.progress)
+    measure = ParticleMeasure(jnp.asarray(positions), jnp.asarray(refined.weights))
+    timings = {**flow.timings, "refine_s": refined.likelihood_s + refined.em_s}
+    return dataclasses.replace(flow, measure=measure, timings=timings, refinement=refined)
 
 
 def reconstruct(config: ReconstructConfig, out_dir: str | Path,
@@ -215,7 +234,7 @@ def reconstruct(config: ReconstructConfig, out_dir: str | Path,
     warnings = registration.warnings if registration is not None else ()
     edge = boundary_warning(model, *flow.measure.to_numpy())
     warnings += (edge,) if edge else ()
-    boot = run_bootstrap(config, flow_op, model, source, flow.measure)
+    boot = run_bootstrap(config, flow_op, model, source, flow.measure, flow.refinement)
     return ReconstructResult(config, flow, data, operator, model, time.perf_counter() - t0,
                              registration, warnings, boot)
 

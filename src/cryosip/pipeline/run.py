@@ -2,10 +2,12 @@
 
 The folder holds ``ensemble.npz``, ``run.json`` and ``heldout.npz`` (what is needed to use
 and score the result without the particle files, :mod:`cryosip.pipeline.runfolder`),
-``provenance.json`` (version, git sha, argv, config, seed, times, the noise and scale used
-and whether they were estimated), ``summary.json``, figures, ``structures/``, ``maps/``,
-``report.html`` and, while running, ``checkpoint.npz`` (kept, so ``--resume`` after the
-end is a no-op). On several processes (:mod:`cryosip.distributed`) only process 0 writes.
+``particles.star`` (the input's rows with each image's posterior mean and standard
+deviation of ``x``, :mod:`cryosip.pipeline.posterior`), ``provenance.json`` (version, git
+sha, argv, config, seed, times, the noise and scale used and whether they were
+estimated), ``summary.json``, figures, ``structures/``, ``maps/``, ``report.html`` and,
+while running, ``checkpoint.npz`` (kept, so ``--resume`` after the end is a no-op). On
+several processes (:mod:`cryosip.distributed`) only process 0 writes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cryosip.pipeline.outputs import (
     write_run_report,
     write_structures,
 )
+from cryosip.pipeline.posterior import image_posteriors, write_particles_star
 from cryosip.pipeline.reconstruct import ReconstructResult, reconstruct
 from cryosip.pipeline.runfolder import write_run_folder
 from cryosip.provenance import atomic_write_text, utc_now, write_provenance
@@ -82,6 +85,7 @@ def summarise(result: ReconstructResult) -> dict[str, Any]:
         "n_images_heldout": int(len(result.data.heldout_index)),
         "weighted_mean_x": [float(v) for v in mean],
         **{f"scale_{k}": v for k, v in _scale_record(result).items()},
+        **({"refinement": flow.refinement.record()} if flow.refinement is not None else {}),
     }
 
 
@@ -106,7 +110,11 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     known = config.data.poses == "known"
     write_run_folder(out_dir, config, result.data, result.model, method=method,
                      prior=None if known else result.operator.prior)
-    summary = {**summarise(result), **bootstrap_record(result.bootstrap)}
+    posterior = image_posteriors(config, result.operator, result.data, result.model,
+                                 result.flow.measure)
+    write_particles_star(out_dir / "particles.star", result.data, posterior)
+    summary = {**summarise(result), **bootstrap_record(result.bootstrap),
+               "per_image": posterior.record()}
     stack = result.data.stack
     # every atom of the model, even when the flow ran on residue beads
     output_model = load_output_model(config.model)
