@@ -17,7 +17,15 @@ import pytest
 from cryosip.cli.main import main
 from cryosip.cli.reconstruct import _child_argv
 from cryosip.datasets import parse_simulate_config, simulate_dataset
-from cryosip.distributed import cluster_processes, launch_local, parse_coordinator
+from cryosip.distributed import (
+    cluster_processes,
+    initialize,
+    launch_local,
+    local_device_ids,
+    local_rank,
+    parse_coordinator,
+    visible_gpus,
+)
 from cryosip.errors import InputError
 from cryosip.pipeline.config import ReconstructConfig, write_config
 from cryosip.pipeline.reconstruct import reconstruct
@@ -164,15 +172,47 @@ def test_one_failing_process_stops_the_others_without_hanging():
     assert time.perf_counter() - t0 < 30
 
 
-def test_local_processes_get_one_gpu_each(monkeypatch):
-    """Child i sees GPU i (exit 0), or the i-th of the parent's CUDA_VISIBLE_DEVICES."""
-    script = ("import os, sys; i = sys.argv[sys.argv.index('--process-id') + 1]; "
-              "sys.exit(0 if os.environ['CUDA_VISIBLE_DEVICES'] == sys.argv[1].split(',')[int(i)]"
-              " else 5)")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert launch_local([sys.executable, "-c", script, "0,1"], 2).returncode == 0
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert launch_local([sys.executable, "-c", script, "3,5"], 2).returncode == 0
+def test_gpus_are_counted_without_starting_jax(tmp_path):
+    for given, count in [("0,1", 2), ("3,5", 2), ("GPU-8a1f,GPU-77c2", 2), ("", 0),
+                         ("-1", 0), ("0,-1,2", 1), ("1,,2", 1)]:
+        assert visible_gpus({"CUDA_VISIBLE_DEVICES": given}) == count, given
+    for name in ("nvidia0", "nvidia1", "nvidia7", "nvidiactl", "nvidia-uvm", "nvme0"):
+        (tmp_path / name).touch()
+    assert visible_gpus({}, dev=str(tmp_path)) == 3  # the cards, not the control files
+    assert visible_gpus({}, dev=str(tmp_path / "absent")) == 0
+
+
+def test_every_local_process_gets_its_own_gpu():
+    """P processes on a node with G GPUs: P <= G all different, P > G each GPU taken by
+    ceil(P/G) or floor(P/G) processes; no GPUs: JAX's default (None), as on CPU."""
+    for n_gpus in (1, 2, 4, 8):
+        for n_proc in (1, 2, 4, 8, 12):
+            ids = [local_device_ids(local_rank(i, {}), n_gpus) for i in range(n_proc)]
+            used = np.bincount([d[0] for d in ids], minlength=n_gpus)
+            assert all(0 <= d[0] < n_gpus for d in ids) and len(used) == n_gpus
+            assert used.max() == -(-n_proc // n_gpus) and used.min() == n_proc // n_gpus
+    assert local_device_ids(local_rank(3, {}), 0) is None
+    assert local_device_ids(local_rank(None, {}), 4) is None
+    # the cluster's local rank when the launcher gave no process id
+    assert local_rank(None, {"SLURM_LOCALID": "3"}) == 3
+    assert local_rank(None, {"OMPI_COMM_WORLD_LOCAL_RANK": "2"}) == 2
+    assert local_rank(6, {"SLURM_LOCALID": "0"}) == 6  # --processes inside an allocation
+
+
+def test_initialize_hands_the_chosen_gpu_to_jax(monkeypatch):
+    """Process 5 of a by-hand run on a node showing 4 GPUs asks JAX for visible GPU 1 (not
+    GPU 0 for everyone); with no GPU visible it asks for nothing."""
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *a, **kw: calls.append(kw.get("local_device_ids")))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert initialize("127.0.0.1:1234", 8, 5) is False  # jax.process_count() stays 1 here
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    initialize("127.0.0.1:1234", 8, 5)
+    assert calls == [[1], None]
 
 
 def test_process_flags_are_checked():

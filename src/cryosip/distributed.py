@@ -29,10 +29,18 @@ runtime is started from the cluster's environment under SLURM (``srun``) or Open
 (``mpirun``), JAX's cluster detection; :func:`launch_local` starts ``P`` processes of one
 command on ``127.0.0.1`` and stops them all when one fails.
 
+One GPU per process: each process gives JAX (``local_device_ids``) the visible GPU
+``r mod G`` of its node, ``r`` its local rank (the process id given by ``--processes`` or
+by hand, else SLURM's ``SLURM_LOCALID`` or Open MPI's ``OMPI_COMM_WORLD_LOCAL_RANK``), ``G``
+the GPUs it can see (:func:`visible_gpus`, counted without starting JAX); on a machine
+without GPUs nothing changes (:func:`local_device_ids`).
+
 >>> parse_coordinator("node01:1234")
 ('node01', 1234)
 >>> cluster_processes({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "4"})
 4
+>>> local_device_ids(local_rank(5, {}), n_gpus=4)  # process 5 of 8 by hand, 4 GPUs a node
+[1]
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import socket
 import subprocess
 import time
@@ -55,7 +64,8 @@ from jax.sharding import PartitionSpec as P
 from cryosip.errors import InputError
 
 __all__ = ["AXIS", "DataParallel", "LaunchResult", "cluster_processes", "initialize",
-           "is_distributed", "is_main", "launch_local", "parse_coordinator", "process_mesh"]
+           "is_distributed", "is_main", "launch_local", "local_device_ids", "local_rank",
+           "parse_coordinator", "process_mesh", "visible_gpus"]
 
 AXIS = "processes"
 """The mesh axis over processes (one device each)."""
@@ -87,13 +97,65 @@ def cluster_processes(environ: Mapping[str, str] | None = None) -> int:
     return 1
 
 
+def local_rank(process_id: int | None = None,
+               environ: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank on its node, for the choice of its GPU: ``process_id`` when
+    given (``--processes``, whose processes all share the node even inside a SLURM
+    allocation, and by-hand runs with consecutive ids per node), else the cluster's
+    ``SLURM_LOCALID`` (SLURM) or ``OMPI_COMM_WORLD_LOCAL_RANK`` (Open MPI); ``None``
+    without either."""
+    if process_id is not None:
+        return int(process_id)
+    env = os.environ if environ is None else environ
+    for name in ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        if env.get(name, "").strip().isdigit():
+            return int(env[name])
+    return None
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, dev: str = "/dev") -> int:
+    """How many GPUs this process can see, counted without starting JAX's backend: the
+    entries of ``CUDA_VISIBLE_DEVICES`` up to the first invalid one (CUDA's rule: ``-1``
+    or empty hides them all), else the ``nvidiaN`` device files in ``dev`` (0 on a machine
+    without NVIDIA GPUs)."""
+    env = os.environ if environ is None else environ
+    given = env.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        count = 0
+        for entry in given.split(","):
+            if not entry.strip() or entry.strip().startswith("-"):
+                break
+            count += 1
+        return count
+    try:
+        return sum(1 for name in os.listdir(dev) if re.fullmatch(r"nvidia\d+", name))
+    except OSError:
+        return 0
+
+
+def local_device_ids(rank: int | None, n_gpus: int) -> list[int] | None:
+    """The GPU of local rank ``rank`` among ``n_gpus`` visible ones: ``[rank mod n_gpus]``
+    (one each while there are at least as many GPUs as processes on the node; more
+    processes share them in turn); ``None`` (JAX's default, all devices) without GPUs or
+    rank.
+
+    >>> [local_device_ids(r, 4) for r in range(5)], local_device_ids(3, 0)
+    ([[0], [1], [2], [3], [0]], None)
+    """
+    if n_gpus < 1 or rank is None:
+        return None
+    return [rank % n_gpus]
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
     """Start JAX's multi-process runtime; ``True`` if this process is one of several.
 
     All three arguments, or none: then the runtime starts only under a SLURM step or an
     Open MPI job of several processes (JAX detects coordinator, count and id). Must run
-    before anything starts JAX's backend. CPU collectives are gloo.
+    before anything starts JAX's backend. CPU collectives are gloo. On a node with GPUs
+    the process takes one (:func:`local_device_ids` of :func:`local_rank` and
+    :func:`visible_gpus`).
     """
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
@@ -107,8 +169,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     elif cluster_processes() <= 1:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    devices = local_device_ids(local_rank(process_id), visible_gpus())
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   local_device_ids=devices)
     except RuntimeError as err:
         raise RuntimeError(f"jax.distributed.initialize failed: {err}") from err
     return jax.process_count() > 1
@@ -282,27 +346,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _gpu_env(index: int, n_processes: int) -> dict[str, str]:
-    """The environment of local process ``index``: one GPU each (``CUDA_VISIBLE_DEVICES``
-    entry ``index`` of the parent's list, or ``index``), unless the parent lists fewer GPUs
-    than processes (then left as it is). No effect on a machine without GPUs."""
-    env = dict(os.environ)
-    given = env.get("CUDA_VISIBLE_DEVICES")
-    visible = given.split(",") if given else [str(i) for i in range(n_processes)]
-    if len(visible) >= n_processes:
-        env["CUDA_VISIBLE_DEVICES"] = visible[index]
-    return env
-
-
 def launch_local(command: Sequence[str], n_processes: int,
                  poll_s: float = 0.1) -> LaunchResult:
     """Run ``command --coordinator 127.0.0.1:PORT --num-processes P --process-id I`` for
-    ``I = 0..P-1`` (one GPU each where there are GPUs) and wait; the first process to fail
-    stops the others (no hang)."""
+    ``I = 0..P-1`` and wait; the first process to fail stops the others (no hang). Each
+    process picks its own GPU where there are GPUs (:func:`initialize`: process ``I`` takes
+    visible GPU ``I mod G``)."""
     coordinator = f"127.0.0.1:{free_port()}"
     procs = [subprocess.Popen([*command, "--coordinator", coordinator, "--num-processes",
-                               str(n_processes), "--process-id", str(i)],
-                              env=_gpu_env(i, n_processes))
+                               str(n_processes), "--process-id", str(i)])
              for i in range(n_processes)]
     try:
         while True:
