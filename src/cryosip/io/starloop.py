@@ -264,10 +264,12 @@ class _Window(io.RawIOBase):
         return got
 
 
-def read_loop(path: str | os.PathLike, loop: StarLoop) -> LoopColumns:
-    """The rows of ``loop`` (module docstring); a malformed row is an ``InputError``."""
+def read_loop(path: str | os.PathLike, loop: StarLoop,
+              numeric: frozenset[str] = NUMERIC_COLUMNS) -> LoopColumns:
+    """The rows of ``loop`` (module docstring); a malformed row is an ``InputError``.
+    ``numeric``: the columns kept as numbers (default: those ``read_star`` uses)."""
     path = Path(path)
-    keep = [c for c in loop.columns if c in NUMERIC_COLUMNS]
+    keep = [c for c in loop.columns if c in numeric]
     parts: dict[str, list[np.ndarray]] = {c: [] for c in keep}
     names, n = _NameBlocks(), 0
     if loop.start is not None:

@@ -25,6 +25,15 @@ the uniform measure on the model's box (and of 64 true x when the truth is given
 scale. A folder without ``run.json`` (an older cryosip's) is scored against the truth only
 with ``heldout=False``; otherwise it is refused with an InputError saying to re-run.
 
+Per image (a run folder with ``particles.star``, :mod:`cryosip.pipeline.posterior`, and a
+truth with the images' ``x``, as ``cryosip simulate`` writes): ``per_image`` holds
+``spearman_abs``, ``pearson`` (one per coordinate) and ``n`` of the posterior mean
+``rlnCryosipX<k>`` against the true ``x`` of the same row, over all images and, under
+``heldout``, over the held-out ones only; when the run estimated poses (``summary.json``'s
+``per_image.map_poses``) and the truth has ``euler_deg``, ``median_angular_error_deg``:
+the median geodesic distance between the written and the true rotation
+(:func:`cryosip.metrics.per_image.rotation_angle_deg`, no symmetry divided out).
+
 Random draws come from the run's seed by name (:mod:`cryosip.seeds`): ``floor``,
 ``subsample`` (W2), ``evaluate`` (the true x of the held-out MMD) and ``figure``.
 """
@@ -32,6 +41,7 @@ Random draws come from the run's seed by name (:mod:`cryosip.seeds`): ``floor``,
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,7 @@ import numpy as np
 from cryosip.datasets.truth import TruthMixture
 from cryosip.discrepancies import GaussianKernel, conditional_mmd2
 from cryosip.errors import InputError
+from cryosip.metrics.per_image import pearson, spearman
 from cryosip.metrics.wasserstein import (
     finite_sample_floor,
     wasserstein_1d,
@@ -52,7 +63,8 @@ from cryosip.operators import Observations
 from cryosip.pipeline.runfolder import LoadedRun, load_npz, load_run, read_run_record
 from cryosip.seeds import numpy_rng
 
-__all__ = ["N_SUBSAMPLE", "distances_to_truth", "evaluate_run", "heldout_mmd", "populations"]
+__all__ = ["N_SUBSAMPLE", "distances_to_truth", "evaluate_run", "heldout_mmd",
+           "per_image_scores", "populations"]
 
 
 N_SUBSAMPLE = 10_000
@@ -161,6 +173,50 @@ def heldout_mmd(run: LoadedRun, x_true=None, n_images: int = 512) -> dict[str, A
     return out
 
 
+def _correlations(x_mean: np.ndarray, x_true: np.ndarray) -> dict[str, Any]:
+    dims = range(x_true.shape[1])
+    return {"spearman_abs": [abs(spearman(x_mean[:, k], x_true[:, k])) for k in dims],
+            "pearson": [pearson(x_mean[:, k], x_true[:, k]) for k in dims],
+            "n": int(len(x_true))}
+
+
+def per_image_scores(run_dir: Path, truth_npz: Path) -> dict[str, Any]:
+    """``{"per_image": ...}`` of the run's ``particles.star`` against the truth (module
+    docstring); ``{}`` when the run has no ``particles.star``."""
+    from cryosip.io import read_star
+    from cryosip.io.annotate import read_star_columns
+    from cryosip.metrics.per_image import rotation_angle_deg
+    from cryosip.pipeline.posterior import HELDOUT_COLUMN, x_columns
+    from cryosip.rotations import euler_to_matrix
+
+    star = run_dir / "particles.star"
+    if not star.is_file():
+        return {}
+    truth = load_npz(truth_npz, ("x",))
+    x_true = truth["x"]
+    means, _ = x_columns(x_true.shape[1])
+    cols = read_star_columns(star, [*means, HELDOUT_COLUMN])
+    missing = [c for c in (*means, HELDOUT_COLUMN) if c not in cols]
+    if missing:
+        raise InputError(str(star), missing[0], "a column (written by reconstruct)", "none")
+    x_mean = np.stack([cols[c] for c in means], axis=1)
+    if len(x_mean) != len(x_true):
+        raise InputError(str(truth_npz), "x", f"{len(x_mean)} images (the run's "
+                         "particles.star)", f"{len(x_true)}")
+    out = _correlations(x_mean, x_true)
+    held = np.asarray(cols[HELDOUT_COLUMN]) == 1
+    if held.sum() > 1:
+        out["heldout"] = _correlations(x_mean[held], x_true[held])
+    summary = run_dir / "summary.json"
+    record = json.loads(summary.read_text()).get("per_image", {}) if summary.is_file() else {}
+    if record.get("map_poses") and "euler_deg" in truth:
+        written = read_star(star, require_poses=False).euler_deg
+        errors = rotation_angle_deg(np.asarray(euler_to_matrix(jnp.asarray(written))),
+                                    np.asarray(euler_to_matrix(jnp.asarray(truth["euler_deg"]))))
+        out["median_angular_error_deg"] = float(np.median(errors))
+    return {"per_image": out}
+
+
 def _comparison_figure(run_dir: Path, positions, weights, truth_npz: Path, seed: int) -> Path:
     """``evaluation.png``: recovered density over the truth's (1-D) or beside it (2-D)."""
     from cryosip import plotting
@@ -208,4 +264,6 @@ def evaluate_run(run_dir: str | Path, truth: str | Path | None = None,
             result["populations"] = populations(positions, weights, states, x_true)
         if heldout:
             result.update(heldout_mmd(run, x_true))
+        if truth is not None:
+            result.update(per_image_scores(run_dir, Path(truth)))
     return result

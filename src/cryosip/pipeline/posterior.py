@@ -1,0 +1,200 @@
+r"""Per-image results: each image's posterior over the recovered measure, ``RUN/particles.star``.
+
+For image ``n`` and particle ``j`` of the recovered measure ``sum_j w_j delta_{x_j}``,
+
+.. math::  p(j \mid y_n) = \frac{w_j\, p(y_n \mid x_j, \omega_n)}
+                                {\sum_k w_k\, p(y_n \mid x_k, \omega_n)},
+
+* **known poses**: ``omega_n`` is the image's pose, shift and CTF from the particle file and
+  ``log p(y_n | x_j, omega_n)`` is the Gaussian likelihood of the operator the flow ran on
+  (:meth:`~cryosip.operators.AbstractRandomOperator.log_likelihood_grid`; the Fourier band
+  operator when the flow used it, :func:`cryosip.pipeline.reconstruct.uses_band`);
+* **unknown poses**: the pose is integrated out, ``p(y_n | x_j) = E_{omega ~ prior}
+  p(y_n | x_j, omega)``, by the operator's
+  :meth:`~cryosip.operators.AbstractRandomOperator.log_marginal_likelihood_grid` with the
+  run's ``objective.n_draws`` prior draws shared by all images (stream ``"posterior"``);
+  no pose is estimated, so no angles are written.
+
+From ``p`` the posterior mean and standard deviation of each coordinate,
+``E[x | y_n] = sum_j p(j | y_n) x_j`` and ``sd = sqrt(sum_j p(j | y_n) (x_j - E)^2)``; a
+periodic coordinate of period ``L`` uses the circular mean of the angles
+``theta = 2 pi (x - lower) / L`` (put back in ``[lower, upper)``) and the circular
+standard deviation ``L / (2 pi) sqrt(-2 log R)``, ``R`` the length of the mean resultant.
+
+Every image of the particle file is scored (held-out ones too: they are images of the same
+data set; :data:`HELDOUT_COLUMN` says which), in blocks of ``block`` images read in file
+order and padded to one shape (one compilation): memory holds one block of images, never
+the data set. The cost is one pass of the likelihood over the N images and M particles,
+about what ``N / batch_size`` flow steps spend on their forward pass.
+
+``RUN/particles.star`` (:func:`write_particles_star`, written atomically by
+:func:`cryosip.io.annotate.annotate_particles`): the input's rows and blocks as they were,
+plus ``rlnCryosipX1..d`` (posterior mean), ``rlnCryosipXStd1..d`` and
+``rlnCryosipHeldOut`` (1 for the images the flow never saw).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cryosip.forward.fourier import FourierOperator
+from cryosip.io.annotate import annotate_particles
+from cryosip.measures import ParticleMeasure
+from cryosip.operators import Observations
+from cryosip.pipeline.data import PreparedData
+from cryosip.seeds import jax_key
+
+__all__ = ["HELDOUT_COLUMN", "ImagePosterior", "image_posteriors", "posterior_moments",
+           "posterior_operator", "write_particles_star", "x_columns"]
+
+HELDOUT_COLUMN = "rlnCryosipHeldOut"
+"""1 for an image held out of the flow, 0 for a training image."""
+
+
+def x_columns(dim: int) -> tuple[list[str], list[str]]:
+    """Names of the posterior mean and standard deviation columns, 1-based.
+
+    >>> x_columns(2)
+    (['rlnCryosipX1', 'rlnCryosipX2'], ['rlnCryosipXStd1', 'rlnCryosipXStd2'])
+    """
+    return ([f"rlnCryosipX{k + 1}" for k in range(dim)],
+            [f"rlnCryosipXStd{k + 1}" for k in range(dim)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePosterior:
+    """Per-image posterior summaries, in particle-file order.
+
+    ``x_mean``, ``x_std`` ``[n_images, dim]``; ``heldout [n_images]`` (bool);
+    ``rotations [n_images, 3, 3]`` and ``shifts_angstrom [n_images, 2]``, the
+    maximum-a-posteriori pose (RELION's ``A`` and origin), or ``None`` when not estimated;
+    ``method`` names how ``p(j | y_n)`` was computed; ``wall_time_s`` its cost.
+    """
+
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    heldout: np.ndarray
+    method: str
+    wall_time_s: float
+    rotations: np.ndarray | None = None
+    shifts_angstrom: np.ndarray | None = None
+
+    def record(self) -> dict:
+        """``summary.json``'s ``per_image``: ``method``, ``wall_time_s`` and ``map_poses``
+        (whether ``particles.star``'s angles and origins are this posterior's)."""
+        return {"method": self.method, "wall_time_s": float(self.wall_time_s),
+                "map_poses": self.rotations is not None}
+
+
+def posterior_moments(probs, positions, lower, upper, periodic) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``x`` under ``probs [n, M]`` over ``positions [M, d]``
+    (module docstring; circular on the ``periodic`` axes of the box ``[lower, upper]``).
+
+    >>> p = np.array([[0.5, 0.5]])
+    >>> m, s = posterior_moments(p, np.array([[0.0], [1.0]]), [0.0], [1.0], [False])
+    >>> m.tolist(), s.tolist()
+    ([[0.5]], [[0.5]])
+    >>> m, _ = posterior_moments(p, np.array([[0.1], [0.9]]), [0.0], [1.0], [True])
+    >>> round(float(m[0, 0]), 6) in (0.0, 1.0)
+    True
+    """
+    probs, xs = np.asarray(probs, np.float64), np.asarray(positions, np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    mean = probs @ xs
+    std = np.sqrt(np.maximum(probs @ xs**2 - mean**2, 0.0))
+    for k in np.flatnonzero(np.asarray(periodic, bool)):
+        period = float(upper[k]) - float(lower[k])
+        theta = 2.0 * np.pi * (xs[:, k] - float(lower[k])) / period
+        c, s = probs @ np.cos(theta), probs @ np.sin(theta)
+        angle = np.mod(np.arctan2(s, c), 2.0 * np.pi)
+        mean[:, k] = float(lower[k]) + period * angle / (2.0 * np.pi)
+        r = np.clip(np.hypot(c, s), 1e-300, 1.0)
+        std[:, k] = period / (2.0 * np.pi) * np.sqrt(-2.0 * np.log(r))
+    return mean, std
+
+
+def posterior_operator(config, operator, data: PreparedData):
+    """The operator the flow ran on: the Fourier band operator when it used the band
+    (:func:`cryosip.pipeline.reconstruct.uses_band`), else ``operator`` itself."""
+    from cryosip.pipeline.reconstruct import uses_band
+
+    if uses_band(config):
+        return FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
+    return operator
+
+
+@eqx.filter_jit
+def _known_probs(op, obs: Observations, xs, log_w):
+    return jax.nn.softmax(op.log_likelihood_grid(obs.values, xs, obs.nuisance) + log_w, axis=1)
+
+
+@eqx.filter_jit
+def _marginal_probs(op, obs: Observations, xs, log_w, key, n_draws: int):
+    ll = op.log_marginal_likelihood_grid(obs.values, xs, key, n_draws)
+    return jax.nn.softmax(ll + log_w, axis=1)
+
+
+def _block(data: PreparedData, rows: np.ndarray, band: bool, size: int) -> Observations:
+    """The images ``rows`` (model units; whitened bands when ``band``) with their
+    nuisances, padded with copies of the last image to ``size``."""
+    source = data.band_source(rows) if band else data.source(rows)
+    obs = source.take(np.arange(len(rows)))
+    pad = size - len(rows)
+    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), obs)
+
+
+def image_posteriors(config, operator, data: PreparedData, model, measure: ParticleMeasure,
+                     block: int = 256) -> ImagePosterior:
+    """:class:`ImagePosterior` of every image of ``data`` under the recovered ``measure``
+    (``positions [M, dim]``, ``weights [M]``; module docstring).
+
+    ``operator`` is the run's real-space operator (``ReconstructResult.operator``); the
+    flow's own (:func:`posterior_operator`) is built from it.
+    """
+    t0 = time.perf_counter()
+    known = config.data.poses == "known"
+    op = posterior_operator(config, operator, data)
+    band = isinstance(op, FourierOperator)
+    positions, weights = measure.to_numpy()
+    xs = jnp.asarray(positions, jnp.float32)
+    log_w = jnp.log(jnp.asarray(weights, jnp.float32))
+    n = len(data.stack)
+    size = min(block, n)
+    key = jax_key(config.seed, "posterior")
+    parts = []
+    for start in range(0, n, size):
+        rows = np.arange(start, min(start + size, n))
+        obs = _block(data, rows, band, size)
+        probs = (_known_probs(op, obs, xs, log_w) if known else
+                 _marginal_probs(op, obs, xs, log_w, key, config.objective.n_draws))
+        parts.append(np.asarray(probs)[:len(rows)])
+    probs = np.concatenate(parts)
+    mean, std = posterior_moments(probs, positions, model.lower, model.upper, model.periodic)
+    heldout = np.zeros(n, bool)
+    heldout[np.asarray(data.heldout_index, int)] = True
+    method = ("likelihood, known poses" if known else
+              f"likelihood, poses marginalised over {config.objective.n_draws} prior draws")
+    return ImagePosterior(mean, std, heldout, method, time.perf_counter() - t0)
+
+
+def write_particles_star(path: str | Path, data: PreparedData,
+                         posterior: ImagePosterior) -> Path:
+    """``particles.star`` at ``path``: the input's rows with the per-image columns (module
+    docstring, :func:`cryosip.io.annotate.annotate_particles`)."""
+    means, stds = x_columns(posterior.x_mean.shape[1])
+    columns = {**{c: posterior.x_mean[:, k].astype(np.float32) for k, c in enumerate(means)},
+               **{c: posterior.x_std[:, k].astype(np.float32) for k, c in enumerate(stds)},
+               HELDOUT_COLUMN: posterior.heldout.astype(np.int64)}
+    if posterior.rotations is not None:
+        from cryosip.io.annotate import relion_pose_columns
+
+        columns |= relion_pose_columns(posterior.rotations, posterior.shifts_angstrom,
+                                       data.stack.pixel_size_angstrom)
+    return annotate_particles(data.stack.path, path, columns, table=data.stack.table)
