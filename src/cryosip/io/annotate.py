@@ -10,8 +10,8 @@ input already has a column of that name, replaced:
   kept as written; a replaced column's token swapped). Rows are streamed: memory holds
   no more than one line of the input at a time, whatever the number of particles.
 * **cryoSPARC ``.cs`` input**: there are no STAR rows to repeat; the rows are the ones
-  :func:`cryosip.io.cs_to_star` writes for the same table (optics table, origins in Å),
-  plus the new columns.
+  :func:`cryosip.io.cs_to_star` writes for the same table (optics table, origins in Å,
+  stack paths without cryoSPARC's leading ``>``), plus the new columns.
 
 Files are written through a temporary file in the output's folder and a rename, so a
 reader never sees half a file. Floats are written as the shortest decimal that reads back
@@ -46,6 +46,7 @@ _rlnCryosipX1 #3
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import tempfile
@@ -172,9 +173,10 @@ def _annotate_star(source: Path, out: Path, columns: Mapping[str, np.ndarray]) -
 
 def _annotate_table(table: ParticleTable, out: Path, columns: Mapping[str, np.ndarray]) -> None:
     """The rows :func:`cryosip.io.cs_to_star` writes for ``table``, plus ``columns``."""
-    from cryosip.io.convert import _optics_frame, _particles_frame
+    from cryosip.io.convert import _optics_frame, _particles_frame, _renamed
 
-    particles = _particles_frame(table)
+    names = np.array([_renamed(str(name), None) for name in table.image_names])
+    particles = _particles_frame(dataclasses.replace(table, image_names=names))
     for name, values in columns.items():
         if name not in PIXEL_ORIGINS or name in particles.columns:
             particles[name] = _text(values)
