@@ -208,7 +208,7 @@ def test_a_row_count_that_is_not_the_images_is_refused(tmp_path):
 
 def test_a_cs_table_is_written_as_cs_to_star_writes_it_plus_columns(tmp_path):
     table = ParticleTable(
-        image_names=np.array(["000001@J1/a.mrc", "000002@J1/a.mrc"]),
+        image_names=np.array(["000001@>J1/a.mrc", "000002@>J1/a.mrc"]),
         euler_deg=np.zeros((2, 3)), shift_angstrom=np.array([[0.5, -1.0], [2.0, 0.0]]),
         defocus_u_angstrom=np.array([1.5e4, 1.6e4]), defocus_v_angstrom=np.array([1.4e4, 1.5e4]),
         astigmatism_angle_deg=np.array([12.5, -3.0]), phase_shift_deg=np.zeros(2),
@@ -226,6 +226,7 @@ def test_a_cs_table_is_written_as_cs_to_star_writes_it_plus_columns(tmp_path):
     np.testing.assert_array_equal(back.defocus_u_angstrom, table.defocus_u_angstrom)
     np.testing.assert_array_equal(parts["rlnCryosipX1"].to_numpy(np.float32),
                                   np.float32([0.1, 0.2]))
+    assert parts["rlnImageName"].tolist() == ["000001@J1/a.mrc", "000002@J1/a.mrc"]
 
 
 def test_posterior_moments_against_brute_force_including_a_periodic_axis():
@@ -244,3 +245,71 @@ def test_posterior_moments_against_brute_force_including_a_periodic_axis():
         assert -180 <= mean[n, 1] < 180
         np.testing.assert_allclose(std[n, 1], np.rad2deg(np.sqrt(-2 * np.log(abs(z)))),
                                    rtol=1e-10)
+
+
+def test_unknown_poses_write_the_map_pose_that_reads_back(made, tmp_path):
+    """The pose-grid posterior (``cryosip.forward.poses``) on the run's images: its MAP
+    rotations and shifts go to RELION's columns and read back as the same matrices."""
+    from cryosip.io import read_particles
+    from cryosip.measures import ParticleMeasure
+    from cryosip.pipeline.config import ReconstructConfig
+    from cryosip.pipeline.data import prepare_data
+    from cryosip.pipeline.posterior import image_posteriors, write_particles_star
+    from cryosip.pipeline.reconstruct import build_operator
+
+    star, run, _ = made
+    loaded = load_run(run)
+    s = loaded.scale
+    data = prepare_data(read_particles(star, require_poses=False), loaded.model,
+                        known_poses=False, flow_box=16, heldout_fraction=0.05, seed=0,
+                        offset=s.offset, contrast=s.contrast, noise_std=s.noise_std)
+    config = ReconstructConfig.model_validate({"data": {"particles": str(star),
+                                                        "poses": "unknown"}})
+    measure = ParticleMeasure(jnp.asarray(loaded.positions, jnp.float32),
+                              jnp.asarray(loaded.weights, jnp.float32))
+    post = image_posteriors(config, build_operator(data, loaded.model, False), data,
+                            loaded.model, measure, grid={"level": 2, "shift_std_angstrom": 2.0})
+    n = len(data.stack)
+    assert post.rotations.shape == (n, 3, 3) and post.shifts_angstrom.shape == (n, 2)
+    assert post.record()["map_poses"] is True
+    out = write_particles_star(tmp_path / "particles.star", data, post)
+    back, given = read_star(out), read_star(star)
+    got = np.asarray(euler_to_matrix(jnp.asarray(back.euler_deg)), np.float64)
+    np.testing.assert_allclose(got, post.rotations, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(back.shift_angstrom, post.shifts_angstrom, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(back.defocus_u_angstrom, given.defocus_u_angstrom)
+    cols = read_star_columns(out, ["rlnCryosipX1", "rlnCryosipHeldOut"])
+    np.testing.assert_array_equal(cols["rlnCryosipX1"].astype(np.float32),
+                                  post.x_mean[:, 0].astype(np.float32))
+    np.testing.assert_array_equal(np.flatnonzero(cols["rlnCryosipHeldOut"]), data.heldout_index)
+
+
+def test_evaluate_median_angular_error_is_the_known_perturbation(made, tmp_path):
+    """A run folder whose particles.star holds the true rotations turned by known angles
+    about random axes: the median angular error is the median of those angles."""
+    from cryosip.pipeline.evaluate import per_image_scores
+
+    star, _, truth = made
+    with np.load(truth) as t:
+        x_true, euler_true = t["x"], t["euler_deg"]
+    n = len(x_true)
+    rng = np.random.default_rng(6)
+    angle = rng.uniform(0.5, 40.0, n)
+    axis = rng.normal(size=(n, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    true = np.asarray(euler_to_matrix(jnp.asarray(euler_true)), np.float64)
+    turned = (Rotation.from_rotvec(np.deg2rad(angle)[:, None] * axis)
+              * Rotation.from_matrix(true)).as_matrix()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    annotate_particles(star, folder / "particles.star", {
+        **relion_pose_columns(turned, np.zeros((n, 2)), 2.0),
+        "rlnCryosipX1": x_true[:, 0] + rng.normal(0, 0.05, n),
+        "rlnCryosipHeldOut": (np.arange(n) % 10 == 0).astype(int)})
+    (folder / "summary.json").write_text(json.dumps({"per_image": {"map_poses": True}}))
+    scores = per_image_scores(folder, truth)["per_image"]
+    np.testing.assert_allclose(scores["median_angular_error_deg"], np.median(angle),
+                               rtol=0, atol=1e-3)
+    assert scores["heldout"]["n"] == 12
+    (folder / "summary.json").write_text(json.dumps({"per_image": {"map_poses": False}}))
+    assert "median_angular_error_deg" not in per_image_scores(folder, truth)["per_image"]

@@ -39,7 +39,6 @@ STREAMS: dict[str, str] = {
     "baseline": "the support and initialisation of a discretize-then-optimise baseline",
     "toy": "the observations of a toy problem",
     "bootstrap": "the resampled images and the keys of the bootstrap refits",
-    "posterior": "the prior pose draws of the per-image posteriors (unknown poses)",
 }
 """Every stream name, with what it draws (a name not listed here is refused)."""
 

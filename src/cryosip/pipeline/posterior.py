@@ -9,11 +9,15 @@ For image ``n`` and particle ``j`` of the recovered measure ``sum_j w_j delta_{x
   ``log p(y_n | x_j, omega_n)`` is the Gaussian likelihood of the operator the flow ran on
   (:meth:`~cryosip.operators.AbstractRandomOperator.log_likelihood_grid`; the Fourier band
   operator when the flow used it, :func:`cryosip.pipeline.reconstruct.uses_band`);
-* **unknown poses**: the pose is integrated out, ``p(y_n | x_j) = E_{omega ~ prior}
-  p(y_n | x_j, omega)``, by the operator's
-  :meth:`~cryosip.operators.AbstractRandomOperator.log_marginal_likelihood_grid` with the
-  run's ``objective.n_draws`` prior draws shared by all images (stream ``"posterior"``);
-  no pose is estimated, so no angles are written.
+* **unknown poses**: the image keeps its CTF from the particle file and its pose and shift
+  are integrated out on the grid of :mod:`cryosip.forward.poses` (rotations ``R_r`` with
+  weights ``q_r``, shifts ``t`` with Gaussian prior weights ``q_t``), ``p(y_n | x_j) =
+  sum_{r,t} q_r q_t p(y_n | x_j, R_r, t)``, on the Fourier band; the maximum-a-posteriori
+  pose is the grid node maximising the particles' mixture ``sum_j w_j q_r q_t
+  p(y_n | x_j, R_r, t)``, written to RELION's ``rlnAngleRot/Tilt/Psi`` and
+  ``rlnOriginX/YAngst`` (the input's values in those columns are replaced; its pixel
+  origins ``rlnOriginX/Y`` too, so both agree). The angles are as fine as the grid: its
+  spacing (:func:`cryosip.forward.poses.so3_spacing_deg`) bounds the angular error.
 
 From ``p`` the posterior mean and standard deviation of each coordinate,
 ``E[x | y_n] = sum_j p(j | y_n) x_j`` and ``sd = sqrt(sum_j p(j | y_n) (x_j - E)^2)``; a
@@ -22,10 +26,11 @@ periodic coordinate of period ``L`` uses the circular mean of the angles
 standard deviation ``L / (2 pi) sqrt(-2 log R)``, ``R`` the length of the mean resultant.
 
 Every image of the particle file is scored (held-out ones too: they are images of the same
-data set; :data:`HELDOUT_COLUMN` says which), in blocks of ``block`` images read in file
+data set; :data:`HELDOUT_COLUMN` says which), in blocks of :data:`BLOCK` images read in file
 order and padded to one shape (one compilation): memory holds one block of images, never
-the data set. The cost is one pass of the likelihood over the N images and M particles,
-about what ``N / batch_size`` flow steps spend on their forward pass.
+the data set. Known poses cost one pass of the likelihood over the N images and M particles,
+about what ``N / batch_size`` flow steps spend on their forward pass; unknown poses one
+pass of the pose grid (``M x R`` templates rendered per block of images).
 
 ``RUN/particles.star`` (:func:`write_particles_star`, written atomically by
 :func:`cryosip.io.annotate.annotate_particles`): the input's rows and blocks as they were,
@@ -45,17 +50,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryosip.forward.fourier import FourierOperator
-from cryosip.io.annotate import annotate_particles
+from cryosip.forward.poses import GridSettings
+from cryosip.forward.poses import image_posteriors as pose_posteriors
+from cryosip.io.annotate import annotate_particles, relion_pose_columns
 from cryosip.measures import ParticleMeasure
 from cryosip.operators import Observations
 from cryosip.pipeline.data import PreparedData
-from cryosip.seeds import jax_key
 
-__all__ = ["HELDOUT_COLUMN", "ImagePosterior", "image_posteriors", "posterior_moments",
-           "posterior_operator", "write_particles_star", "x_columns"]
+__all__ = ["BLOCK", "HELDOUT_COLUMN", "ImagePosterior", "image_posteriors", "pose_grid_settings",
+           "posterior_moments", "posterior_operator", "write_particles_star", "x_columns"]
 
 HELDOUT_COLUMN = "rlnCryosipHeldOut"
 """1 for an image held out of the flow, 0 for a training image."""
+BLOCK = 256
+"""Images scored at a time with known poses (a quarter of it through the pose grid)."""
 
 
 def x_columns(dim: int) -> tuple[list[str], list[str]]:
@@ -135,12 +143,6 @@ def _known_probs(op, obs: Observations, xs, log_w):
     return jax.nn.softmax(op.log_likelihood_grid(obs.values, xs, obs.nuisance) + log_w, axis=1)
 
 
-@eqx.filter_jit
-def _marginal_probs(op, obs: Observations, xs, log_w, key, n_draws: int):
-    ll = op.log_marginal_likelihood_grid(obs.values, xs, key, n_draws)
-    return jax.nn.softmax(ll + log_w, axis=1)
-
-
 def _block(data: PreparedData, rows: np.ndarray, band: bool, size: int) -> Observations:
     """The images ``rows`` (model units; whitened bands when ``band``) with their
     nuisances, padded with copies of the last image to ``size``."""
@@ -150,38 +152,70 @@ def _block(data: PreparedData, rows: np.ndarray, band: bool, size: int) -> Obser
     return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), obs)
 
 
-def image_posteriors(config, operator, data: PreparedData, model, measure: ParticleMeasure,
-                     block: int = 256) -> ImagePosterior:
-    """:class:`ImagePosterior` of every image of ``data`` under the recovered ``measure``
-    (``positions [M, dim]``, ``weights [M]``; module docstring).
-
-    ``operator`` is the run's real-space operator (``ReconstructResult.operator``); the
-    flow's own (:func:`posterior_operator`) is built from it.
-    """
-    t0 = time.perf_counter()
-    known = config.data.poses == "known"
-    op = posterior_operator(config, operator, data)
+def _known_pose_probs(op, data: PreparedData, positions, weights, block: int) -> np.ndarray:
+    """``p(j | y_n) [n_images, M]`` with each image's own pose (module docstring)."""
     band = isinstance(op, FourierOperator)
-    positions, weights = measure.to_numpy()
     xs = jnp.asarray(positions, jnp.float32)
     log_w = jnp.log(jnp.asarray(weights, jnp.float32))
     n = len(data.stack)
     size = min(block, n)
-    key = jax_key(config.seed, "posterior")
     parts = []
     for start in range(0, n, size):
         rows = np.arange(start, min(start + size, n))
-        obs = _block(data, rows, band, size)
-        probs = (_known_probs(op, obs, xs, log_w) if known else
-                 _marginal_probs(op, obs, xs, log_w, key, config.objective.n_draws))
+        probs = _known_probs(op, _block(data, rows, band, size), xs, log_w)
         parts.append(np.asarray(probs)[:len(rows)])
-    probs = np.concatenate(parts)
+    return np.concatenate(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BandRows:
+    """Every image of ``data`` as whitened bands, transformed when a block is taken."""
+
+    data: PreparedData
+
+    def __len__(self) -> int:
+        return len(self.data.stack)
+
+    def take(self, rows) -> Observations:
+        rows = np.asarray(rows)
+        return self.data.band_source(rows).take(np.arange(len(rows)))
+
+
+def pose_grid_settings(config) -> dict:
+    """The :class:`~cryosip.forward.poses.GridSettings` fields of the run's pose grid."""
+    return {}
+
+
+def image_posteriors(config, operator, data: PreparedData, model, measure: ParticleMeasure,
+                     grid: dict | None = None) -> ImagePosterior:
+    """:class:`ImagePosterior` of every image of ``data`` under the recovered ``measure``
+    (``positions [M, dim]``, ``weights [M]``) of ``model`` (module docstring).
+
+    ``operator`` is the run's real-space operator (``ReconstructResult.operator``); the
+    flow's own (:func:`posterior_operator`) is built from it. Known poses go through the
+    likelihood :data:`BLOCK` images at a time, unknown poses through the pose grid
+    ``BLOCK // 4`` at a time; ``grid`` (the fields of :class:`~cryosip.forward.poses.
+    GridSettings`) overrides the run's pose grid (:func:`pose_grid_settings`).
+    """
+    t0 = time.perf_counter()
+    positions, weights = measure.to_numpy()
+    rotations = shifts = None
+    if config.data.poses == "known":
+        op = posterior_operator(config, operator, data)
+        probs = _known_pose_probs(op, data, positions, weights, BLOCK)
+        method = "likelihood, known poses"
+    else:
+        settings = pose_grid_settings(config) if grid is None else grid
+        band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
+        post = pose_posteriors(band_op, positions, weights, _BandRows(data),
+                               block=BLOCK // 4, **settings)
+        probs, rotations, shifts = post.particle_probs, post.rotations, post.shifts_angstrom
+        method = f"pose and shift integrated out on a grid ({GridSettings(**settings)})"
     mean, std = posterior_moments(probs, positions, model.lower, model.upper, model.periodic)
-    heldout = np.zeros(n, bool)
+    heldout = np.zeros(len(data.stack), bool)
     heldout[np.asarray(data.heldout_index, int)] = True
-    method = ("likelihood, known poses" if known else
-              f"likelihood, poses marginalised over {config.objective.n_draws} prior draws")
-    return ImagePosterior(mean, std, heldout, method, time.perf_counter() - t0)
+    return ImagePosterior(mean, std, heldout, method, time.perf_counter() - t0, rotations,
+                          shifts)
 
 
 def write_particles_star(path: str | Path, data: PreparedData,
@@ -193,8 +227,6 @@ def write_particles_star(path: str | Path, data: PreparedData,
                **{c: posterior.x_std[:, k].astype(np.float32) for k, c in enumerate(stds)},
                HELDOUT_COLUMN: posterior.heldout.astype(np.int64)}
     if posterior.rotations is not None:
-        from cryosip.io.annotate import relion_pose_columns
-
         columns |= relion_pose_columns(posterior.rotations, posterior.shifts_angstrom,
                                        data.stack.pixel_size_angstrom)
     return annotate_particles(data.stack.path, path, columns, table=data.stack.table)
