@@ -5,7 +5,9 @@ One truth (the hinge model, ``x`` in [0, 1], a mixture 0.7 N(0.25, 0.08) + 0.3 N
 ``closed`` is ``x < 0.5``, true population from the truth's law by 10^6 draws), ``R``
 replicates: each simulates its own images (``cryosip simulate``, seed ``100 + r``: its own
 true x, poses, CTFs and noise) and runs ``cryosip.pipeline.reconstruct`` (known poses, KL,
-seed ``r``) with ``--bootstrap B`` warm-started refits (:mod:`cryosip.pipeline.bootstrap`).
+seed ``r``) with its bootstrap (:mod:`cryosip.pipeline.bootstrap`: by default 40 weight
+refits on the full-data likelihood; ``--bootstrap B`` sets ``B``; with
+``--no-refine`` the flow has no full-data phase and the refits are warm-started flows).
 A replicate is covered when ``lo <= p_true <= hi`` for its closed population (the interval
 that ``reconstruct`` reports). ``coverage_by_rule`` scores three interval rules on the same
 stored refits: ``t_sd`` (``value +- t(0.95, B-1) sd``, what reconstruct reports now),
@@ -17,7 +19,7 @@ against the refits' own spread (``sd_point / mean sd_refits``: well above 1 mean
 bootstrap under-states the sampling error, e.g. warm starts that do not move).
 
 Run: ``.venv/bin/python benchmarks/bootstrap_coverage.py`` (20 replicates, 1000 images of
-box 32, SNR 0.05, flow box 16, 16 particles, 60 steps, B = 4; ~25 min on 2 busy cores)
+box 32, SNR 0.05, flow box 16, reconstruct's particles and bootstrap, 60 steps)
 or ``--quick`` (4 replicates, 500 images, 40 steps).
 Prints the rate and writes ``benchmarks/results/bootstrap_coverage.json``.
 """
@@ -52,13 +54,14 @@ def _simulate(folder: Path, n_images: int, snr: float, seed: int) -> Path:
 
 
 def _config(data: Path, args, seed: int) -> ReconstructConfig:
+    solver = {} if args.particles is None else {"n_particles": args.particles}
     return ReconstructConfig.model_validate({
         "data": {"particles": str(data / "particles.star"), "flow_box": 16,
                  "heldout_fraction": 0.05},
-        "model": "hinge", "solver": {"n_particles": args.particles},
+        "model": "hinge", "solver": solver,
         "uncertainty": {"bootstrap": args.bootstrap},
         "loop": {"steps": args.steps, "history_every": 10, "checkpoint_every": 50,
-                 "progress": False},
+                 "progress": False, "refine_weights": not args.no_refine},
         "seed": seed})
 
 
@@ -96,9 +99,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--replicates", type=int, default=None)
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--bootstrap", type=int, default=4)
-    parser.add_argument("--particles", type=int, default=16)
+    parser.add_argument("--bootstrap", type=int, default=None,
+                        help="refits (default: reconstruct's, 40 weight refits with the "
+                             "full-data refinement)")
+    parser.add_argument("--particles", type=int, default=None,
+                        help="particles (default: reconstruct's)")
     parser.add_argument("--snr", type=float, default=0.05)
+    parser.add_argument("--no-refine", action="store_true",
+                        help="no full-data weights phase (flow refits, as before)")
     parser.add_argument("--out", default=str(RESULTS / "bootstrap_coverage.json"))
     parser.add_argument("--rescore", default=None,
                         help="recompute the coverages of a results file in place, no refits")
@@ -143,8 +151,9 @@ def _summarise(args, rows: list[dict], note: str = "") -> dict:
     p_true = rows[-1]["p_true"]
     values = np.array([r["value"] for r in rows])
     result = {
-        "settings": {k: getattr(args, k) for k in ("replicates", "images", "steps", "bootstrap",
-                                                   "particles", "snr")},
+        "settings": {k: getattr(args, k, None) for k in ("replicates", "images", "steps",
+                                                         "bootstrap", "particles", "snr",
+                                                         "no_refine")},
         "model": "hinge", "truth": TRUTH, "p_true_closed": p_true,
         "coverage": float(np.mean([r["covered"] for r in rows])),
         "coverage_by_rule": {

@@ -100,3 +100,33 @@ def test_weight_bootstrap_sd_matches_the_binomial_closed_form():
     closed = boot.bands.populations["closed"]
     assert closed["lo"] < point[0] < closed["hi"]
     assert closed["hi"] - closed["lo"] == pytest.approx(2 * 1.6525 * sd, rel=1e-3)
+
+
+def test_reconstruct_ends_with_the_full_data_weights_and_their_bootstrap(tmp_path):
+    """End to end on the hinge: the weights are EM's limit on every training image at the
+    flow's final positions, and the default bootstrap refits them (positions fixed)."""
+    from cryosip.datasets import parse_simulate_config, simulate_dataset
+    from cryosip.pipeline.reconstruct import reconstruct
+    from test_bootstrap import HINGE
+
+    simulate_dataset(parse_simulate_config(HINGE), tmp_path / "data", progress=False)
+    config = ReconstructConfig.model_validate({
+        "data": {"particles": str(tmp_path / "data" / "particles.star"), "flow_box": 16,
+                 "heldout_fraction": 0.1},
+        "model": "hinge", "solver": {"n_particles": 8},
+        "loop": {"steps": 10, "batch_size": 32, "history_every": 5, "checkpoint_every": 10,
+                 "progress": False}})
+    result = reconstruct(config, tmp_path / "run")
+    refined, flow = result.flow.refinement, result.flow
+    n_train = len(result.data.train_index)
+    assert refined is not None and refined.loglik.shape == (n_train, 8)
+    positions, weights = flow.measure.to_numpy()
+    np.testing.assert_array_equal(positions, flow.positions_history[-1])  # positions kept
+    # the weights are the EM optimum of the stored likelihood (an independent optimiser)
+    np.testing.assert_allclose(weights, _softmax_optimum(refined.loglik.astype(float)),
+                               atol=5e-3)
+    assert refined.mean_loglik_after >= refined.mean_loglik_before - 1e-9
+    boot = result.bootstrap
+    assert boot.n_refits == 40 and boot.steps == 0
+    np.testing.assert_array_equal(boot.positions[3], positions)
+    assert np.ptp(boot.weights[:, np.argmax(weights)]) > 0  # resamples move the weights
