@@ -73,7 +73,11 @@ TRUTH_3D = [{"kind": "gaussian", "weight": 0.45, "mean": [-1.2, -0.6, 0.6], "std
 at least one coordinate and every coordinate separates some pair by >= 1.2."""
 
 MODELS = {1: "adk-path", 2: "adk-domains", 3: "adk-modes"}
-GRIDS = {1: [11, 21, 51, 101], 2: [4, 7, 11, 16, 31], 3: [3, 4, 5, 7, 13]}
+GRIDS = {1: [[11, 21, 51, 101]],
+         2: [[4, 6, 16], [3, 5, 11, 21], [4, 7, 11, 16, 31], [3, 5, 9, 21, 41]],
+         3: [[3, 4, 7], [3, 5, 9], [3, 4, 5, 7, 13], [3, 5, 9, 17]]}
+"""Nested grid sets per ``d``, coarsest ceiling first: the study takes the first whose finest
+grid is predicted to cost at least the flow's wall time (:func:`choose_grids`)."""
 QUICK_GRIDS = {1: [11, 21], 2: [4, 7], 3: [3, 5]}
 CONSISTENCY_N = [1000, 3000, 10000, 30000]
 CONSISTENCY_K = 51
@@ -278,9 +282,12 @@ def study_d(d: int, args) -> tuple[list[dict], dict]:
     if args.steps:
         problem.config = problem.config.model_copy(
             update={"loop": problem.config.loop.model_copy(update={"steps": args.steps})})
-    print(f"d = {d} ({MODELS[d]}): N = {n}, grids K = {ks}", flush=True)
+    print(f"d = {d} ({MODELS[d]}): N = {n}", flush=True)
     flow = run_flow(problem, n)
-    print(f"  flow: {flow['n_particles']} particles in {flow['wall_s']:.1f} s", flush=True)
+    print(f"  flow: {flow['n_particles']} particles in {flow['wall_s']:.1f} s (cpu "
+          f"{flow['cpu_s']:.1f} s) {flow['timings']}", flush=True)
+    ks = ks if isinstance(ks[0], int) else choose_grids(ks, flow, d)
+    print(f"  grids K = {ks}", flush=True)
     rows = [flow, *reweighting_rows(problem, n, ks)]
     check = prorate_check(problem, n, min(ks))
     smallest = next(r for r in rows if r.get("K") == min(ks))
@@ -293,6 +300,20 @@ def study_d(d: int, args) -> tuple[list[dict], dict]:
         out.append({"d": d, "model": MODELS[d], "metric": metric, "score": row[metric],
                     "floor": fl, "floor_sd": fl_sd, **row})
     return out, check
+
+
+def choose_grids(candidates: list[list[int]], flow: dict, d: int) -> list[int]:
+    """The first nested set whose finest grid's likelihood is predicted to take at least
+    the flow's wall time, at the per-pair rate of the flow's own full-data pass (one
+    likelihood per image and particle, :mod:`cryosip.flows.refine`); the last set if none."""
+    refine = flow["timings"].get("refine_s")
+    if not refine:
+        return candidates[-1]
+    per_pair = refine / (flow["N"] * flow["n_particles"])
+    for ks in candidates:
+        if per_pair * flow["N"] * max(ks) ** d >= flow["wall_s"]:
+            return ks
+    return candidates[-1]
 
 
 def claims(rows: list[dict]) -> dict:
@@ -431,6 +452,22 @@ def plot_consistency(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[Path], out: Path) -> int:
+    """One JSON and figure from runs of separate dimensions, claims recomputed."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for part in parts for r in part["rows"]]
+    checks = {k: v for part in parts for k, v in part["prorate_check"].items()}
+    result = {"config": {"merged_from": [str(p) for p in paths],
+                         "runs": [part["config"] for part in parts]},
+              "rows": rows, "prorate_check": checks, "claims": claims(rows)}
+    print_table(rows)
+    print(json.dumps(result["claims"], indent=1))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    plot_study(rows, out.with_suffix(".png"))
+    print(f"wrote {out}.json/.png")
+    return 0
+
+
 def git_state() -> dict:
     def git(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -456,10 +493,14 @@ def parse_args(argv=None):
                    default=Path(tempfile.gettempdir()) / "cryosip_flow_vs_dto",
                    help="folder of the simulated data sets (reused)")
     p.add_argument("--name", help="results/<name>.json and .png")
+    p.add_argument("--merge", type=Path, nargs="+",
+                   help="combine the JSON of runs of separate d (one process each) into one")
     args = p.parse_args(argv)
     grids = QUICK_GRIDS if args.quick else GRIDS
-    args.grids = {d: sorted(getattr(args, f"k{d}") or grids[d]) for d in (1, 2, 3)}
-    for d, ks in args.grids.items():
+    args.grids = {d: sorted(getattr(args, f"k{d}")) if getattr(args, f"k{d}") else grids[d]
+                  for d in (1, 2, 3)}
+    sets = [(d, ks) for d, v in args.grids.items() for ks in ([v] if isinstance(v[0], int) else v)]
+    for d, ks in sets:
         if any((max(ks) - 1) % (k - 1) for k in ks if k > 1) or min(ks) < 2:
             p.error(f"grids of d = {d} must be nested (K - 1 divides K_max - 1): {ks}")
     args.n = args.n or (500 if args.quick else 10000)
@@ -480,6 +521,8 @@ def main(argv=None) -> int:
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     meta.update(git_state(), started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     RESULTS.mkdir(exist_ok=True)
+    if args.merge:
+        return merge(args.merge, RESULTS / args.name)
     if args.consistency:
         rows = consistency_rows(args)
         result = {"config": meta, "rows": rows, "slopes": slopes(rows)}

@@ -63,6 +63,16 @@ def test_claims_on_hand_made_rows(fvd):
     assert not c["d3"]["holds"]
 
 
+def test_the_finest_grid_costs_at_least_the_flow(fvd):
+    # the flow's full-data pass: 1e4 images x 100 particles in 50 s -> 50 us a pair, so a
+    # K^3 grid at N = 1e4 takes 0.5 K^3 s: 7^3 171 s, 9^3 364 s, 13^3 1098 s
+    flow = {"timings": {"refine_s": 50.0}, "N": 10_000, "n_particles": 100, "wall_s": 300.0}
+    assert fvd.choose_grids(fvd.GRIDS[3], flow, 3) == [3, 5, 9]
+    assert fvd.choose_grids(fvd.GRIDS[3], {**flow, "wall_s": 1000.0}, 3) == [3, 4, 5, 7, 13]
+    assert fvd.choose_grids(fvd.GRIDS[3], {**flow, "wall_s": 1e5}, 3) == fvd.GRIDS[3][-1]
+    assert fvd.choose_grids(fvd.GRIDS[3], {**flow, "timings": {}}, 3) == fvd.GRIDS[3][-1]
+
+
 def test_slopes_recover_a_power_law(fvd):
     ns = np.array([1000, 3000, 10000, 30000])
     rows = [{"method": "flow", "N": int(n), "score": 2.0 * n**-0.5, "floor": n**-0.5}
