@@ -109,8 +109,17 @@ def test_two_processes_match_one_and_resume_across_them(hinge_data, tmp_path, mo
 
 
 def _assert_same_run(run: dict, positions, weights, losses) -> None:
+    print("relative differences: positions", np.max(np.abs(run["positions"] - positions)
+                                                  / np.abs(positions)),
+          "weights", np.max(np.abs(run["weights"] - weights) / np.maximum(weights, 1e-30)))
     np.testing.assert_allclose(run["positions"], positions, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(run["weights"], weights, rtol=1e-5, atol=1e-9)
+    # Weights to 1e-4 relative or 1e-6 of the total mass: each Fisher-Rao step multiplies
+    # them by exp(-h g), g a mean over the batch whose float32 rounding differs between one
+    # sum over 16 images and two sums over 8 (psum). Measured at seed 2 without the
+    # full-data phase: weights 4.7e-6 relative with the old per-step permutation rows,
+    # 3.2e-5 with the epoch rows (BatchRows); with it (EM at the final positions), a weight
+    # of 2e-5 differs by 3e-3 relative (6e-8 of the mass), the positions by 4e-6.
+    np.testing.assert_allclose(run["weights"], weights, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(run["losses"], losses, rtol=1e-5)  # KL: a mean over images
     # the particles moved and reweighted: not two copies of the initial measure
     assert np.max(np.abs(np.diff(np.sort(np.asarray(positions)[:, 0])) - 1 / 8)) > 1e-3

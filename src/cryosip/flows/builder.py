@@ -5,8 +5,8 @@ configs (the solver's numbers, the loop's settings) in, a :class:`FlowResult` ou
 (:func:`cryosip.problems.runner.run_toy`) and the benchmarks all assemble their flow here,
 so the solver is built, and its step size resolved
 (:func:`~cryosip.flows.solvers.initial_step_size`), in one place. The first step size is
-measured on the minibatch the loop itself draws at step 0 (rows from ``fold_in(key, 0)``),
-so ``step_size=None`` depends only on the key.
+measured on the minibatch the loop itself draws at step 0 (:class:`~cryosip.flows.run.BatchRows`
+of the same key), so ``step_size=None`` depends only on the key.
 
 >>> import jax, jax.numpy as jnp
 >>> from cryosip.measures import ParticleMeasure
@@ -31,7 +31,7 @@ from jaxtyping import PRNGKeyArray
 
 from cryosip.flows.config import FlowConfig, SolverConfig
 from cryosip.flows.domains import Domain
-from cryosip.flows.run import Checkpointer, FlowResult, run_flow
+from cryosip.flows.run import BatchRows, Checkpointer, FlowResult, run_flow
 from cryosip.flows.solvers import Potential, initial_step_size, make_solver
 from cryosip.measures import ParticleMeasure
 
@@ -52,14 +52,10 @@ class FlowProblem:
 
 
 def _first_batch(problem: FlowProblem, key: PRNGKeyArray, batch_size: int | None):
-    """The minibatch :func:`run_flow` draws at step 0 (same rows, same key)."""
+    """The minibatch :func:`run_flow` draws at step 0 (the same :class:`BatchRows`)."""
     n = len(problem.observations)
-    if batch_size is None or batch_size >= n:
-        rows = np.arange(n)
-    else:
-        k_batch = jax.random.split(jax.random.fold_in(key, 0))[0]  # run_flow's _keys
-        rows = np.asarray(jax.random.permutation(k_batch, n)[:batch_size])
-    return problem.observations.take(rows)
+    rows = BatchRows(key, n, batch_size)(0)
+    return problem.observations.take(np.arange(n) if rows is None else rows)
 
 
 def _step_key(key: PRNGKeyArray, step: int) -> PRNGKeyArray:
