@@ -11,8 +11,9 @@ memory (``ru_maxrss`` of a wrapper's ``RUSAGE_CHILDREN``: the child alone):
    the translation registration, as ``cryosip.pipeline.reconstruct.reconstruct`` runs
    them) -> its wall time and peak RSS;
 3. ``cryosip reconstruct --steps S`` (default 20; everything else default: known poses,
-   KL, flow box 32) -> peak RSS and wall time, with the flow's time per step
-   (``per_step_s`` of ``summary.json``: the steps after the first, compiled, chunk).
+   KL, flow box 32, the full-data weights phase after the flow) -> peak RSS and wall time,
+   with the flow's time per step (``per_step_s`` of ``summary.json``: the steps after the
+   first, compiled, chunk) and the full-data phase's likelihood pass and EM seconds.
 
 The ratios ``peak(N) / peak(smallest N)`` are printed and stored. Data sets go to
 ``--work`` (default ``/tmp/cryosip-scaling``; a 10^6 box-32 float32 stack is 4.1 GB) and
@@ -20,6 +21,12 @@ are deleted after each size unless ``--keep``.
 
 ``--part processes`` runs ``benchmarks/scaling_processes.py`` (weak scaling over
 processes; skipped with a message when that script is absent); ``--part all`` runs both.
+
+``--part w1``: does more data give a smaller error under the defaults? For each N of
+``--sizes`` (e.g. ``10000 100000``): ``cryosip simulate`` of the same AdK path at SNR
+``--snr`` (default 0.01), ``cryosip reconstruct`` with every default (300 steps and the
+full-data weights phase), ``cryosip evaluate``: W1 to the truth, its finite-sample floor,
+wall times. Writes ``benchmarks/results/scaling_w1.json``.
 
 Run: ``.venv/bin/python benchmarks/scaling.py [--sizes 10000 100000 1000000] [--steps 20]``;
 ``--quick`` is ``--sizes 1000 10000`` (CI / a quick check). Writes
@@ -43,6 +50,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
+RESULTS_W1 = ROOT / "benchmarks" / "results" / "scaling_w1.json"
 PROCESSES = ROOT / "benchmarks" / "scaling_processes.py"
 
 SIM_CONFIG = {
@@ -137,6 +145,9 @@ def run_size(n: int, work: Path, steps: int, keep: bool) -> dict:
         "reconstruct_peak_rss_mb": rec["peak_rss_kb"] / 1024,
         "reconstruct_wall_s": rec["wall_s"], "reconstruct_steps": steps,
         "per_step_s": summary["per_step_s"], "n_images_train": summary["n_images_train"],
+        # the full-data weights phase after the flow (cryosip.flows.refine), when it ran
+        "refine_likelihood_s": summary.get("refinement", {}).get("likelihood_s"),
+        "refine_em_s": summary.get("refinement", {}).get("em_s"),
     }
 
 
@@ -146,7 +157,9 @@ def print_row(row: dict) -> None:
           f"prepare {row['prepare_peak_rss_mb']:6.0f} MB {row['prepare_total_s']:6.1f} s "
           f"(read {row['prepare_read_s']:.1f} s) | reconstruct "
           f"{row['reconstruct_peak_rss_mb']:6.0f} MB, {row['per_step_s']:.3f} s/step, "
-          f"{row['reconstruct_wall_s']:.0f} s", flush=True)
+          f"{row['reconstruct_wall_s']:.0f} s (full-data phase: likelihood "
+          f"{row['refine_likelihood_s'] or 0:.0f} s, EM {row['refine_em_s'] or 0:.0f} s)",
+          flush=True)
 
 
 def data_part(sizes: list[int], steps: int, work: Path, keep: bool) -> list[dict]:
@@ -169,6 +182,45 @@ def data_part(sizes: list[int], steps: int, work: Path, keep: bool) -> list[dict
     return rows
 
 
+def w1_size(n: int, snr: float, work: Path, keep: bool) -> dict:
+    """Simulate ``n`` images at ``snr``, reconstruct with the defaults, evaluate."""
+    folder = work / f"w1_n{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    config = folder / "simulate.yaml"
+    config.write_text(yaml.safe_dump({**SIM_CONFIG, "snr": snr, "n_images": n},
+                                     sort_keys=False))
+    data, run = folder / "data", folder / "run"
+    try:
+        sim, _ = measured([*_cryosip(), "simulate", "--config", str(config), "--out",
+                           str(data), "--no-progress"], folder / "simulate.log")
+        rec, _ = measured([*_cryosip(), "reconstruct", "--particles",
+                           str(data / "particles.star"), "--out", str(run), "--no-progress"],
+                          folder / "reconstruct.log")
+        _, text = measured([*_cryosip(), "evaluate", "--run", str(run), "--truth",
+                            str(data / "truth.npz")], folder / "evaluate.log")
+        evaluation = json.loads((run / "evaluation.json").read_text())
+        summary = json.loads((run / "summary.json").read_text())
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {"n_images": n, "snr": snr, "simulate_wall_s": sim["wall_s"],
+            "reconstruct_wall_s": rec["wall_s"], "reconstruct_peak_rss_mb":
+            rec["peak_rss_kb"] / 1024, "summary": summary, "evaluation": evaluation}
+
+
+def w1_part(sizes: list[int], snr: float, work: Path, keep: bool) -> list[dict]:
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in sizes:
+        rows.append(w1_size(n, snr, work, keep))
+        ev = rows[-1]["evaluation"]
+        print(f"N={n:>8d}  W1 {ev.get('w1')} (to the law {ev.get('w1_to_truth')}, floor "
+              f"{ev.get('floor')} +- {ev.get('floor_std')})  reconstruct "
+              f"{rows[-1]['reconstruct_wall_s']:.0f} s", flush=True)
+    return rows
+
+
 def processes_part(argv: list[str]) -> int | None:
     if not PROCESSES.exists():
         print(f"--part processes: {PROCESSES.relative_to(ROOT)} not found; skipped")
@@ -178,7 +230,8 @@ def processes_part(argv: list[str]) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("data", "processes", "all"), default="data")
+    parser.add_argument("--part", choices=("data", "processes", "all", "w1"), default="data")
+    parser.add_argument("--snr", type=float, default=0.01, help="--part w1: the data's SNR")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--quick", action="store_true", help="--sizes 1000 10000")
     parser.add_argument("--steps", type=int, default=20, help="reconstruct's flow steps")
@@ -187,17 +240,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data sets and runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.part == "data":
+    if rest and args.part in ("data", "w1"):
         parser.error(f"unknown arguments {rest} (only --part processes passes them on)")
     sizes = [1_000, 10_000] if args.quick else sorted(args.sizes)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            capture_output=True, check=False).stdout.strip()
     record = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "commit": commit, "load_average_start": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "simulate_config": SIM_CONFIG, "steps": args.steps}
     if args.part in ("data", "all"):
         record["data"] = data_part(sizes, args.steps, args.work, args.keep)
+        record["load_average_end"] = os.getloadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.out}")
+    if args.part == "w1":
+        record["w1"] = w1_part(sizes, args.snr, args.work, args.keep)
+        record["load_average_end"] = os.getloadavg()
+        out = RESULTS_W1 if args.out == RESULTS else args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {out}")
     if args.part in ("processes", "all"):
         code = processes_part(rest)
         if code:
