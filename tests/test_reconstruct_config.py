@@ -52,7 +52,9 @@ def test_flags_alone_give_the_documented_defaults():
     assert config == ReconstructConfig.model_validate({"data": {"particles": "p.star"}})
     assert config.model == {"name": "adk-path", "coarse": "residue"}
     assert (config.objective.kind, config.minibatch_size, config.solver.n_particles,
-            config.loop.steps, config.data.flow_box) == ("kl", 128, 32, 300, 32)
+            config.loop.steps, config.data.flow_box) == ("kl", 128, None, 100, 32)
+    # the particle count's rule: 32 * 2^d (64, 128, 256), unless set
+    assert [config.solver.particles_for(d) for d in (1, 2, 3)] == [64, 128, 256]
     assert merged_config(_args(["--particles", "p", "--flow-box", "0"])).data.flow_box is None
 
 

@@ -20,9 +20,9 @@ HELP = "recover the distribution over conformations behind a particle stack"
 
 _DEFAULTS_NOTE = """
 Defaults (measured on the AdK path, N = 10000, box 64, SNR 0.01; see docs/tutorial.md):
-KL with known poses, 32 weighted particles (--wfr), 300 steps, minibatches of 128 images
-(256 for MMD),
-flow box 32 (Fourier crop), displacement cap 0.02 per step. Choose MMD for a
+KL with known poses, 32 x 2^d weighted particles for a d-dimensional model (--wfr), 100
+steps, minibatches of 128 images (256 for MMD), flow box 32 (Fourier crop), displacement
+cap 0.02 per step, then the weights' full-data phase (EM over every training image). Choose MMD for a
 likelihood-free fit; choose --poses unknown only when no consensus refinement exists.
 A flag overrides the same key of --config (data.particles, solver.n_particles, ...).
 """
@@ -37,6 +37,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "bootstrap": ("uncertainty.bootstrap", "--bootstrap"),
     "noise_std": ("data.noise_std", "--noise-std"),
     "contrast": ("data.contrast", "--contrast"),
+    "shift_std": ("data.shift_std_angstrom", "--shift-std-angstrom"),
     "discrepancy": ("objective.kind", "--discrepancy"),
     "n_draws": ("objective.n_draws", "--n-draws"),
     "mmd_bandwidth": ("objective.bandwidth", "--mmd-bandwidth"),
@@ -90,8 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
     p.add_argument("--discrepancy", default=None,
                    help="kl | mmd | a registered sample discrepancy (docs/extending.md; "
                         "default kl)")
-    p.add_argument("--n-particles", type=int, default=None, help="default 32")
-    p.add_argument("--steps", type=int, default=None, help="default 300")
+    p.add_argument("--n-particles", type=int, default=None,
+                   help="default 32 x 2^d (64, 128, 256 for d = 1, 2, 3)")
+    p.add_argument("--steps", type=int, default=None, help="default 100")
     p.add_argument("--step-size", type=float, default=None,
                    help="time step (default: set from the first gradient, see --max-displacement)")
     p.add_argument("--max-displacement", type=float, default=None,
@@ -117,6 +119,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
                         "density, populations and free energy (default 4; 0: none)")
     p.add_argument("--noise-std", type=float, default=None,
                    help="noise sigma in the stack's units (default: estimated)")
+    p.add_argument("--shift-std-angstrom", type=float, default=None, dest="shift_std",
+                   help="--poses unknown: std (Å) of the Gaussian prior of the in-plane shifts "
+                        "(default: 1/50 of the box's width)")
     p.add_argument("--contrast", type=float, default=None,
                    help="image scale (default: estimated)")
     p.add_argument("--temperature", type=float, default=None,

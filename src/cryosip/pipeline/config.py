@@ -11,10 +11,11 @@ minibatch. A YAML config is the same tree (``docs/tutorial.md``)::
     loop: {steps: 300}
     seed: 0
 
-Defaults were chosen by measurement on the AdK path (``docs/tutorial.md`` has the runs):
-known poses, KL, 32 particles with Wasserstein-Fisher-Rao weights, 300 steps of minibatches
-of 128 images at a flow box of 32 pixels (Fourier crop from 64), displacement cap 0.02 of
-the unit interval per step.
+Defaults were chosen by measurement on the AdK path (``docs/tutorial.md`` and
+``docs/sip-core.md`` section 7 have the runs): known poses, KL, ``32 * 2^d`` particles
+(64 on a 1-D path) with Wasserstein-Fisher-Rao weights, 100 steps of minibatches of 128
+images at a flow box of 32 pixels (Fourier crop from 64), displacement cap 0.02 per step,
+then the weights' full-data phase (EM on one likelihood pass over every training image).
 
 >>> c = ReconstructConfig.model_validate({"data": {"particles": "p.star"},
 ...                                       "objective": {"kind": "mmd"}})
@@ -66,6 +67,8 @@ class DataSection(_Section):
     pixels) transforms the images once to whitened Fourier bands beside the run and
     compares them there (:mod:`cryosip.forward.fourier`: no FFT in the flow's loop; the
     same numbers as ``"pixels"``, the real-space path, to rounding).
+    ``shift_std_angstrom`` (unknown poses): the std of the Gaussian prior of the in-plane
+    shifts integrated out (``None``: 1/50 of the box's width in Å).
     """
 
     particles: str
@@ -79,14 +82,21 @@ class DataSection(_Section):
     offset: float | None = None
     registration: Literal["none", "translation"] = "translation"
     likelihood_space: Literal["fourier", "pixels"] = "fourier"
+    shift_std_angstrom: float | None = Field(None, ge=0)
 
 
 class KLSection(_Section):
-    """KL (the likelihood): ``n_draws`` nuisance draws per step for the importance-sampling
-    marginal of ``p(y | x)`` (unknown poses; known poses use the image's own nuisance)."""
+    """KL (the likelihood). Known poses use each image's own nuisance. Unknown poses keep
+    each image's CTF and integrate pose and shift out on a grid
+    (:mod:`cryosip.forward.poses`): rotations of level ``pose_level`` (``4 n^3``; 5: 500
+    rotations 28.5 degrees apart), each image's ``pose_refine_top`` best refined to level
+    ``2n`` (0: none), shifts ``~ N(0, data.shift_std_angstrom^2)``. ``n_draws`` is not used
+    by KL (kept for configs written for the importance-sampling marginal it replaced)."""
 
     kind: Literal["kl"] = "kl"
     n_draws: int = Field(256, ge=1)
+    pose_level: int = Field(5, ge=1)
+    pose_refine_top: int = Field(0, ge=0)
 
 
 class MMDSection(_Section):
@@ -159,9 +169,12 @@ class SolverSection(_Section):
     particle moves ``max_displacement`` (units of ``x``) at step 0; ``step_decay`` then
     shrinks it as ``h_k = h_0 / (1 + step_decay * k)``. ``wfr``: the weights move too
     (Wasserstein-Fisher-Rao, Fisher-Rao step ``weight_rate`` per iteration).
+    ``n_particles=None``: ``32 * 2^d`` for a ``d``-dimensional model (64, 128, 256 for
+    d = 1, 2, 3; :meth:`particles_for`): the spacing of the initial particles,
+    ``~ M^(-1/d)`` of the box, shrinks with the dimension only if ``M`` grows with it.
     """
 
-    n_particles: int = Field(32, ge=1)
+    n_particles: int | None = Field(None, ge=1)
     step_size: float | None = Field(None, gt=0)
     max_displacement: float = Field(0.02, gt=0)
     step_decay: float = Field(0.01, ge=0)
@@ -170,6 +183,10 @@ class SolverSection(_Section):
     weight_rate: float = Field(1.0, gt=0)
     resample_ess_fraction: float = Field(0.0, ge=0, le=1)
     resample_jitter: float = Field(0.0, ge=0)
+
+    def particles_for(self, dim: int) -> int:
+        """``n_particles``, or the default rule for a ``dim``-dimensional model."""
+        return self.n_particles or 32 * 2 ** min(max(dim, 1), 3)
 
     def flows_config(self) -> SolverConfig:
         """The :class:`~cryosip.flows.SolverConfig` of this section."""
@@ -188,7 +205,7 @@ class LoopSection(_Section):
     flow on all the training images at the final positions, run to its limit (EM on one
     full-data likelihood pass, :mod:`cryosip.flows.refine`)."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(100, ge=1)
     batch_size: int | None = Field(None, ge=1)
     history_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)

@@ -3,7 +3,8 @@
 ``run_demo(out_dir, size)`` writes ``out_dir/data`` (``cryosip simulate`` of the packaged
 ``adk_demo.yaml``: AdK path, bimodal truth 60% near closed / 40% near open), ``out_dir/run``
 (``cryosip reconstruct``, KL with weighted particles) and ``out_dir/run/evaluation.json``.
-``size="tiny"`` is the CI version (400 images, 40 steps, 16 particles).
+``size="full"`` uses the reconstruct defaults; ``size="tiny"`` is the CI version (400 images,
+40 steps, 16 particles).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from cryosip.provenance import atomic_write_text
 
 __all__ = ["DEMO_SIZES", "run_demo"]
 
-# n_images, flow steps, particles
-DEMO_SIZES: dict[str, tuple[int, int, int]] = {"full": (3000, 200, 32), "tiny": (400, 40, 16)}
+# n_images, flow steps, particles (None: reconstruct's defaults)
+DEMO_SIZES: dict[str, tuple[int, int | None, int | None]] = {
+    "full": (3000, None, None), "tiny": (400, 40, 16)}
 
 
 def demo_simulate_config(size: Literal["full", "tiny"], seed: int = 0):
@@ -45,7 +47,7 @@ def run_demo(out_dir: str | Path, size: Literal["full", "tiny"] = "full", seed: 
         "data": {"particles": str(data_dir / "particles.star")},
         "model": {"name": "adk-path", "coarse": "residue"}, "objective": {"kind": "kl"},
         "solver": {"n_particles": n_particles, "wfr": True},
-        "loop": {"steps": steps, "progress": progress}, "seed": seed,
+        "loop": {"progress": progress, **({"steps": steps} if steps else {})}, "seed": seed,
     })
     run_reconstruction(config, run_dir, argv=argv)
     evaluation = evaluate_run(run_dir, data_dir / "truth.npz")

@@ -8,10 +8,11 @@ writes the outputs (:mod:`cryosip.pipeline.outputs`).
 
 Known poses: the nuisance of every image (pose, shift, CTF) comes from the STAR file and
 the objective pairs particles with it (conditional MMD, or the likelihood
-``p(y_n | x, w_n)``). Unknown poses: poses are drawn from the uniform prior on SO(3),
-optics groups with the data's group frequencies and
-CTFs from a uniform defocus range spanning the data's defoci (MMD: simulation;
-KL: importance sampling of ``p(y | x)`` with ``n_draws`` draws).
+``p(y_n | x, w_n)``). Unknown poses, KL: every image keeps its CTF from the file, pose and
+shift are integrated out on a grid (:mod:`cryosip.forward.poses`, on the Fourier band).
+Unknown poses, MMD: poses are drawn from the uniform prior on SO(3), optics groups with
+the data's group frequencies and CTFs from a uniform defocus range spanning the data's
+defoci.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from scipy.stats import qmc
 
 from cryosip import distributed
 from cryosip.discrepancies import GaussianKernel, median_bandwidth
@@ -45,6 +47,7 @@ from cryosip.flows.moment_objective import SecondMomentObjective, moment_scale
 from cryosip.flows.refine import known_pose_block, refine_weights
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.forward.fourier import FourierOperator
+from cryosip.forward.poses import GridSettings, PoseMarginalKL
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
 from cryosip.pipeline.bootstrap import BootstrapResult, run_bootstrap
@@ -56,7 +59,7 @@ from cryosip.structures.factory import load_model
 from cryosip.structures.translated import TranslatedModel
 
 __all__ = ["ReconstructResult", "build_operator", "fit_flow", "flow_inputs", "initial_measure",
-           "reconstruct", "refine_flow", "uses_band"]
+           "pose_grid_settings", "reconstruct", "refine_flow", "uses_band"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,8 @@ def build_operator(data: PreparedData, model, known_poses: bool) -> CryoEMOperat
 def uses_band(config: ReconstructConfig) -> bool:
     """Whether the flow compares images on the Fourier band (KL, and MMD on pixels)."""
     section = config.objective
+    if section.kind == "kl" and config.data.poses == "unknown":
+        return True  # the pose grid's likelihood lives on the band (cryosip.forward.poses)
     pixels_mmd = section.kind == "mmd" and section.features == "pixels"
     return config.data.likelihood_space == "fourier" and (section.kind == "kl" or pixels_mmd)
 
@@ -113,6 +118,7 @@ def flow_inputs(config: ReconstructConfig, data: PreparedData, operator: CryoEMO
     if not uses_band(config):
         return operator, data.source(data.train_index, with_nuisance=known)
     band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
+    known = known or config.objective.kind == "kl"  # the pose grid reads each image's CTF
     prepared = None if folder is None else folder / "prepared"
     if prepared is not None and distributed.is_distributed():
         # one process transforms the images; the others wait, then read its file
@@ -125,20 +131,26 @@ def flow_inputs(config: ReconstructConfig, data: PreparedData, operator: CryoEMO
 
 
 def initial_measure(model, n_particles: int, seed: int) -> ParticleMeasure:
-    """Uniform weights; 1-D: evenly spaced over the box; d-D: uniform random in the box."""
+    """Uniform weights; 1-D: evenly spaced over the box; d-D: a scrambled Sobol set in the
+    box (low discrepancy: no holes of the size i.i.d. uniform points leave, so the full-data
+    weights phase finds support wherever the data put mass)."""
     lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
     if lower.size == 1:
         u = (np.arange(n_particles)[:, None] + 0.5) / n_particles
     else:
-        u = numpy_rng(seed, "init").uniform(size=(n_particles, lower.size))
+        sobol = qmc.Sobol(lower.size, scramble=True, seed=numpy_rng(seed, "init"))
+        u = sobol.random(n_particles)  # a power of 2 keeps its balance (the default counts)
     return ParticleMeasure.uniform(jnp.asarray(lower + u * (upper - lower), jnp.float32))
 
 
 def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     section = config.objective
+    if section.kind == "kl" and config.data.poses == "unknown":
+        return PoseMarginalKL(operator, pose_grid_settings(config, operator))
     if section.kind == "kl":
         return KLObjective(operator, n_draws=section.n_draws)
-    n_draws = max(1, section.n_draws // config.solver.n_particles)  # n_draws is per step
+    n_particles = config.solver.particles_for(operator.model.dim)
+    n_draws = max(1, section.n_draws // n_particles)  # n_draws is per step
     if section.kind != "mmd":  # a registered sample discrepancy (config.SampleSection)
         return SampleObjective(operator, section.discrepancy(), n_draws=n_draws)
     if section.features == "second-moment":
@@ -154,6 +166,18 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     n_pix = operator.image_config.box_size**2
     h = float(np.sqrt(section.bandwidth * n_pix) * operator.noise_std)
     return MMDObjective(operator, GaussianKernel(h), n_draws=n_draws)
+
+
+def pose_grid_settings(config: ReconstructConfig, operator) -> GridSettings:
+    """The pose grid of ``config`` (unknown poses, :mod:`cryosip.forward.poses`): the shift
+    prior's std defaults to 1/50 of the box's width."""
+    config_ = operator.image_config
+    std = config.data.shift_std_angstrom
+    if std is None:
+        std = config_.box_size * config_.pixel_size_angstrom / 50.0
+    section = config.objective
+    return GridSettings(level=getattr(section, "pose_level", 5),
+                        top_k=getattr(section, "pose_refine_top", 0), shift_std_angstrom=std)
 
 
 def _feature_scale(operator, phi, seed: int, n: int = 256) -> float:
@@ -179,7 +203,8 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
     domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
                     tuple(model.periodic))
     problem = FlowProblem(_objective(config, operator),
-                          initial_measure(model, config.solver.n_particles, config.seed),
+                          initial_measure(model, config.solver.particles_for(model.dim),
+                                          config.seed),
                           observations, domain)
     n = len(observations)
     every = config.loop.history_every
