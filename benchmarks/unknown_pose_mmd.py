@@ -15,9 +15,10 @@ shifts with std 2 Å; the flow runs at box 32 with the poses and shifts unknown.
 
 W1 (``scipy.stats.wasserstein_distance``) of each measure against the true ``x`` of the
 training images; wall time of the flow (after data preparation, which the rows share).
-With ``--posteriors`` the per-image posterior mean of ``x`` under the second-moment run's
-measure (engineer P's pose-grid likelihood, :func:`cryosip.forward.poses.image_posteriors`,
-when importable) and its |Spearman| with the true ``x``.
+``--per-image RESULT.json`` adds, for its second-moment row, the per-image posterior mean
+of ``x`` under that measure (the pose-grid likelihood of
+:func:`cryosip.forward.poses.image_posteriors`, level ``--grid-level``) and its |Spearman|
+with the true ``x``.
 
     nice -n 10 .venv/bin/python benchmarks/unknown_pose_mmd.py --n-images 2000 --steps 150
     # JSON to benchmarks/results/unknown_pose_mmd.json (--out to change); rows may run as
@@ -103,7 +104,7 @@ def run_row(args, data_dir, features, with_ctf: bool):
     return flow, time.perf_counter() - t0, data, operator, model
 
 
-def posteriors(operator, measure, data, truth_x):
+def posteriors(operator, positions, weights, data, truth_x, level: int):
     """Per-image posterior mean of ``x`` (P's pose grid), |Spearman| with the truth."""
     try:
         from cryosip.forward.fourier import FourierOperator
@@ -112,13 +113,32 @@ def posteriors(operator, measure, data, truth_x):
         return {"status": f"not run: {err}"}
     band_op = FourierOperator.from_operator(operator)
     obs = data.band_source(data.train_index, None, with_nuisance=True)
-    positions, weights = measure.to_numpy()
     t0 = time.perf_counter()
-    post = image_posteriors(band_op, jnp.asarray(positions), jnp.asarray(weights), obs)
-    mean_x = np.asarray(post.mean_x)[:, 0]
+    post = image_posteriors(band_op, jnp.asarray(positions)[:, None], jnp.asarray(weights), obs,
+                            block=100, level=level,
+                            shift_std_angstrom=operator.prior.shift_std_angstrom)
+    mean_x = np.asarray(post.particle_probs) @ np.asarray(positions)
     rho = stats.spearmanr(mean_x, truth_x).statistic
-    return {"status": "ok", "abs_spearman": float(abs(rho)),
+    return {"status": "ok", "abs_spearman": float(abs(rho)), "grid_level": level,
             "wall_s": time.perf_counter() - t0}
+
+
+def per_image(args, data_dir: Path, truth_all) -> int:
+    """Add per-image |Spearman| to the second-moment row of ``args.per_image``."""
+    result = json.loads(args.per_image.read_text())
+    row = result["rows"]["second-moment"]
+    config = flow_config(args, data_dir, "second-moment")
+    model = load_model(config.model)
+    stack = read_particles(config.data.particles, require_poses=False)
+    data = prepare_data(stack, model, known_poses=False, flow_box=32,
+                        heldout_fraction=config.data.heldout_fraction, seed=args.seed)
+    operator = prior_operator(data, model, args.shift_std)
+    row["per_image"] = posteriors(operator, np.asarray(row["positions"]),
+                                  np.asarray(row["weights"]), data,
+                                  truth_all[data.train_index], args.grid_level)
+    print(row["per_image"])
+    args.per_image.write_text(json.dumps(result, indent=1))
+    return 0
 
 
 def combine(paths: list[Path], out: Path) -> int:
@@ -144,7 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", default="second-moment,pixels")
-    p.add_argument("--posteriors", action="store_true")
+    p.add_argument("--per-image", type=Path, default=None,
+                   help="a result JSON: add the per-image |Spearman| of its second-moment row")
+    p.add_argument("--grid-level", type=int, default=4, help="pose grid of --per-image")
     p.add_argument("--cache", type=Path, default=Path("/tmp/cryosip-unknown-pose-mmd"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                    / "unknown_pose_mmd.json")
@@ -157,6 +179,8 @@ def main(argv=None) -> int:
     data_dir = simulate(args.n_images, args.snr, args.shift_std, args.seed, args.cache)
     sim_s = time.perf_counter() - t0
     truth_all = np.asarray(np.load(data_dir / "truth.npz")["x"])[:, 0]
+    if args.per_image:
+        return per_image(args, data_dir, truth_all)
     result = {"command": "benchmarks/unknown_pose_mmd.py", "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "simulate_s": sim_s, "rows": {}}
@@ -174,8 +198,6 @@ def main(argv=None) -> int:
                    strict=True)},
                "positions": np.asarray(flow.measure.positions)[:, 0].tolist(),
                "weights": np.asarray(flow.measure.weights).tolist()}
-        if args.posteriors and features == "second-moment":
-            row["per_image"] = posteriors(operator, flow.measure, data, truth_x)
         result["rows"][features] = row
         print(features, {k: v for k, v in row.items() if k not in ("positions", "weights")},
               flush=True)
