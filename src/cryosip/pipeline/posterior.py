@@ -50,15 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryosip.forward.fourier import FourierOperator
-from cryosip.forward.poses import GridSettings
 from cryosip.forward.poses import image_posteriors as pose_posteriors
 from cryosip.io.annotate import annotate_particles, relion_pose_columns
 from cryosip.measures import ParticleMeasure
 from cryosip.operators import Observations
 from cryosip.pipeline.data import PreparedData
 
-__all__ = ["BLOCK", "HELDOUT_COLUMN", "ImagePosterior", "image_posteriors", "pose_grid_settings",
-           "posterior_moments", "posterior_operator", "write_particles_star", "x_columns"]
+__all__ = ["BLOCK", "HELDOUT_COLUMN", "ImagePosterior", "image_posteriors", "posterior_moments",
+           "posterior_operator", "write_particles_star", "x_columns"]
 
 HELDOUT_COLUMN = "rlnCryosipHeldOut"
 """1 for an image held out of the flow, 0 for a training image."""
@@ -181,11 +180,6 @@ class _BandRows:
         return self.data.band_source(rows).take(np.arange(len(rows)))
 
 
-def pose_grid_settings(config) -> dict:
-    """The :class:`~cryosip.forward.poses.GridSettings` fields of the run's pose grid."""
-    return {}
-
-
 def image_posteriors(config, operator, data: PreparedData, model, measure: ParticleMeasure,
                      grid: dict | None = None) -> ImagePosterior:
     """:class:`ImagePosterior` of every image of ``data`` under the recovered ``measure``
@@ -194,8 +188,9 @@ def image_posteriors(config, operator, data: PreparedData, model, measure: Parti
     ``operator`` is the run's real-space operator (``ReconstructResult.operator``); the
     flow's own (:func:`posterior_operator`) is built from it. Known poses go through the
     likelihood :data:`BLOCK` images at a time, unknown poses through the pose grid
-    ``BLOCK // 4`` at a time; ``grid`` (the fields of :class:`~cryosip.forward.poses.
-    GridSettings`) overrides the run's pose grid (:func:`pose_grid_settings`).
+    ``BLOCK // 4`` at a time on the flow's pose grid
+    (:func:`cryosip.pipeline.reconstruct.pose_grid_settings`), whose fields ``grid``
+    overrides (those of :class:`~cryosip.forward.poses.GridSettings`).
     """
     t0 = time.perf_counter()
     positions, weights = measure.to_numpy()
@@ -205,12 +200,14 @@ def image_posteriors(config, operator, data: PreparedData, model, measure: Parti
         probs = _known_pose_probs(op, data, positions, weights, BLOCK)
         method = "likelihood, known poses"
     else:
-        settings = pose_grid_settings(config) if grid is None else grid
+        from cryosip.pipeline.reconstruct import pose_grid_settings
+
         band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
+        settings = dataclasses.replace(pose_grid_settings(config, band_op), **(grid or {}))
         post = pose_posteriors(band_op, positions, weights, _BandRows(data),
-                               block=BLOCK // 4, **settings)
+                               block=BLOCK // 4, **dataclasses.asdict(settings))
         probs, rotations, shifts = post.particle_probs, post.rotations, post.shifts_angstrom
-        method = f"pose and shift integrated out on a grid ({GridSettings(**settings)})"
+        method = f"pose and shift integrated out on a grid ({settings})"
     mean, std = posterior_moments(probs, positions, model.lower, model.upper, model.periodic)
     heldout = np.zeros(len(data.stack), bool)
     heldout[np.asarray(data.heldout_index, int)] = True
