@@ -130,3 +130,19 @@ def test_reconstruct_ends_with_the_full_data_weights_and_their_bootstrap(tmp_pat
     assert boot.n_refits == 40 and boot.steps == 0
     np.testing.assert_array_equal(boot.positions[3], positions)
     assert np.ptp(boot.weights[:, np.argmax(weights)]) > 0  # resamples move the weights
+
+
+def test_batched_resample_em_equals_em_on_the_resampled_rows():
+    from cryosip.baselines.em import em_weights
+    from cryosip.pipeline.bootstrap import resample_indices, resampled_em
+
+    rng = np.random.default_rng(3)
+    centres = np.linspace(-2, 2, 6)
+    y = np.concatenate([rng.normal(-1.0, 0.7, 250), rng.normal(1.5, 0.5, 150)])
+    loglik = -0.5 * (y[:, None] - centres[None]) ** 2 / 0.5 - 3.0 * rng.random((400, 1))
+    init = em_weights(loglik).weights
+    index = resample_indices(400, 3, seed=5)
+    batched = resampled_em(loglik, init, index, tol=1e-10)
+    for b in range(3):
+        single = em_weights(loglik[index[b]], init=init, max_iter=2000, tol=1e-10).weights
+        np.testing.assert_allclose(batched[b], single, atol=1e-7)

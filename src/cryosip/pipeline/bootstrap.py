@@ -64,7 +64,6 @@ from scipy import stats
 
 from cryosip.flows import Domain, FlowConfig, FlowProblem, run_flow
 from cryosip.flows.builder import build_solver
-from cryosip.flows.refine import refine_from_loglik
 from cryosip.measures import ParticleMeasure
 from cryosip.pipeline.evaluate import populations
 from cryosip.plotting.figures import weighted_kde
@@ -72,7 +71,7 @@ from cryosip.seeds import jax_key, numpy_rng
 
 __all__ = ["BOOTSTRAP_FRACTION", "FLOW_REFITS", "LEVEL", "WEIGHT_REFITS", "Bands",
            "BootstrapResult", "ResampledSource", "compute_bands", "n_refits", "refit_steps",
-           "resample_indices", "run_bootstrap"]
+           "resample_indices", "resampled_em", "run_bootstrap"]
 
 BOOTSTRAP_FRACTION = 0.25
 """Steps of each warm-started refit, as a fraction of the main flow's (module docstring)."""
@@ -220,16 +219,40 @@ def n_refits(config, refinement=None) -> int:
     return int(chosen)
 
 
+def resampled_em(loglik: np.ndarray, init: np.ndarray, index: np.ndarray,
+                 max_iter: int = 2000, tol: float = REFIT_TOL) -> np.ndarray:
+    """``[B, M]`` EM weights of the ``B`` resamples ``index [B, N]`` of the rows of
+    ``loglik [N, M]``, all at once: a resample's EM is EM with row counts ``c_b`` (how
+    often each row was drawn), so the ``B`` E-steps are two ``(N x M) x (M x B)`` products
+    of one shifted likelihood matrix; each refit stops when its mean log-likelihood per
+    image changes by less than ``tol`` (:func:`cryosip.baselines.em.em_weights`'s rule)."""
+    n = loglik.shape[0]
+    top = loglik.max(axis=1, keepdims=True).astype(np.float64)
+    p = np.exp(loglik - top)  # [N, M], rows with max 1
+    counts = np.stack([np.bincount(rows, minlength=n) for rows in index]).T  # [N, B]
+    w = np.repeat(np.asarray(init, np.float64)[:, None], index.shape[0], axis=1)  # [M, B]
+    previous = np.full(index.shape[0], -np.inf)
+    active = np.ones(index.shape[0], bool)
+    for _ in range(max_iter):
+        pw = np.maximum(p @ w[:, active], 1e-300)  # [N, b]
+        ell = (counts[:, active] * (np.log(pw) + top)).sum(axis=0) / n
+        w[:, active] = w[:, active] * (p.T @ (counts[:, active] / pw)) / n
+        done = np.abs(ell - previous[active]) < tol
+        previous[active] = ell
+        active[np.flatnonzero(active)[done]] = False
+        if not active.any():
+            break
+    return (w / w.sum(axis=0, keepdims=True)).T
+
+
 def _weight_refits(measure: ParticleMeasure, refinement, count: int, seed: int):
     """EM on resampled rows of the full-data likelihood, from the point estimate's weights
     (positions fixed; module docstring)."""
     positions, weights = measure.to_numpy()
-    loglik = refinement.loglik
-    refit = []
-    for index in resample_indices(loglik.shape[0], count, seed):
-        refit.append(refine_from_loglik(loglik[index], weights, tol=REFIT_TOL).weights)
+    index = resample_indices(refinement.loglik.shape[0], count, seed)
+    refit = resampled_em(refinement.loglik, weights, index)
     return (np.broadcast_to(positions, (count, *positions.shape)).copy(),
-            np.stack(refit).astype(np.float32))
+            refit.astype(np.float32))
 
 
 def run_bootstrap(config, operator, model, source, measure: ParticleMeasure,  # noqa: PLR0913
