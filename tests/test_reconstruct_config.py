@@ -173,3 +173,9 @@ def test_file_names_in_a_yaml_are_relative_to_its_folder(tmp_path):
     (sub / "run.yaml").write_text("data: {particles: p.star}\nmodel: frames.pdb\n")
     assert merged_config(_args(["--config", str(sub / "run.yaml")])).model == str(
         (sub / "frames.pdb").resolve())
+
+
+def test_refine_weights_flag():
+    assert merged_config(_args(["--particles", "p.star"])).loop.refine_weights is True
+    off = merged_config(_args(["--particles", "p.star", "--no-refine-weights"]))
+    assert off.loop.refine_weights is False

@@ -22,8 +22,9 @@ _DEFAULTS_NOTE = """
 Defaults (measured on the AdK path, N = 10000, box 64, SNR 0.01; see docs/tutorial.md):
 KL with known poses, 32 x 2^d weighted particles for a d-dimensional model (--wfr), 100
 steps, minibatches of 128 images (256 for MMD), flow box 32 (Fourier crop), displacement
-cap 0.02 per step, then the weights' full-data phase (EM over every training image). Choose MMD for a
-likelihood-free fit; choose --poses unknown only when no consensus refinement exists.
+cap 0.02 per step, then the weights' full-data phase (EM over every training image).
+Choose MMD for a likelihood-free fit; choose --poses unknown only when no consensus
+refinement exists.
 A flag overrides the same key of --config (data.particles, solver.n_particles, ...).
 """
 
@@ -47,6 +48,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "max_displacement": ("solver.max_displacement", "--max-displacement"),
     "temperature": ("solver.temperature", "--temperature"),
     "wfr": ("solver.wfr", "--wfr"),
+    "refine_weights": ("loop.refine_weights", "--refine-weights"),
     "steps": ("loop.steps", "--steps"),
     "batch_size": ("loop.batch_size", "--batch-size"),
     "progress": ("loop.progress", "--no-progress"),
@@ -128,6 +130,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
                    help="Langevin (entropic) term (default 0)")
     p.add_argument("--wfr", action=argparse.BooleanOptionalAction, default=None,
                    help="Wasserstein-Fisher-Rao: weights move too (default on)")
+    p.add_argument("--refine-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="KL, known poses: end with the weights' full-data optimum at the "
+                        "final positions (default on)")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.npz")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
