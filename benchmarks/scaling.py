@@ -182,18 +182,20 @@ def data_part(sizes: list[int], steps: int, work: Path, keep: bool) -> list[dict
     return rows
 
 
-def w1_size(n: int, snr: float, work: Path, keep: bool) -> dict:
-    """Simulate ``n`` images at ``snr``, reconstruct with the defaults, evaluate."""
+def w1_size(n: int, snr: float, work: Path, keep: bool, reuse: bool = False) -> dict:
+    """Simulate ``n`` images at ``snr`` (or, with ``reuse``, take the data set a ``--keep``
+    run left with the same config), reconstruct with the defaults, evaluate."""
     folder = work / f"w1_n{n}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    config = folder / "simulate.yaml"
-    config.write_text(yaml.safe_dump({**SIM_CONFIG, "snr": snr, "n_images": n},
-                                     sort_keys=False))
-    data, run = folder / "data", folder / "run"
+    config, data, run = folder / "simulate.yaml", folder / "data", folder / "run"
+    text = yaml.safe_dump({**SIM_CONFIG, "snr": snr, "n_images": n}, sort_keys=False)
+    reuse = reuse and (data / "particles.star").is_file() and config.read_text() == text
+    shutil.rmtree(run if reuse else folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
     try:
-        sim, _ = measured([*_cryosip(), "simulate", "--config", str(config), "--out",
-                           str(data), "--no-progress"], folder / "simulate.log")
+        sim = {"wall_s": None} if reuse else measured(
+            [*_cryosip(), "simulate", "--config", str(config), "--out", str(data),
+             "--no-progress"], folder / "simulate.log")[0]
         rec, _ = measured([*_cryosip(), "reconstruct", "--particles",
                            str(data / "particles.star"), "--out", str(run), "--no-progress"],
                           folder / "reconstruct.log")
@@ -209,11 +211,11 @@ def w1_size(n: int, snr: float, work: Path, keep: bool) -> dict:
             rec["peak_rss_kb"] / 1024, "summary": summary, "evaluation": evaluation}
 
 
-def w1_part(sizes: list[int], snr: float, work: Path, keep: bool) -> list[dict]:
+def w1_part(sizes: list[int], snr: float, work: Path, keep: bool, reuse: bool) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in sizes:
-        rows.append(w1_size(n, snr, work, keep))
+        rows.append(w1_size(n, snr, work, keep, reuse))
         ev = rows[-1]["evaluation"]
         print(f"N={n:>8d}  W1 {ev.get('w1')} (to the law {ev.get('w1_to_truth')}, floor "
               f"{ev.get('floor')} +- {ev.get('floor_std')})  reconstruct "
@@ -238,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir())
                         / "cryosip-scaling", help="scratch folder for the data sets")
     parser.add_argument("--keep", action="store_true", help="keep the data sets and runs")
+    parser.add_argument("--reuse-data", action="store_true",
+                        help="--part w1: reuse a data set kept by an earlier run (same config)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args, rest = parser.parse_known_args(argv)
     if rest and args.part in ("data", "w1"):
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.out}")
     if args.part == "w1":
-        record["w1"] = w1_part(sizes, args.snr, args.work, args.keep)
+        record["w1"] = w1_part(sizes, args.snr, args.work, args.keep, args.reuse_data)
         record["load_average_end"] = os.getloadavg()
         out = RESULTS_W1 if args.out == RESULTS else args.out
         out.parent.mkdir(parents=True, exist_ok=True)
