@@ -25,8 +25,9 @@ radial projection of the 4-cube's facets; the four facets ``q_i = +1`` cover SO(
 (the cubed sphere of climate models, one dimension up). The rotation of a cell is its
 centre's; its quadrature weight is the cell's volume, the integral of the volume element
 ``prod sec^2 a_j / (1 + sum tan^2 a_j)^2`` over the cell (3-point Gauss-Legendre per axis;
-the cells' sum is ``pi^2``, the volume of ``S^3 / +-1``, to 1e-6), normalised to 1. It is deterministic, hierarchical (a cell of level ``n`` is exactly 8
-cells of level ``2n``, so coarse-to-fine refinement subdivides, as RELION's and
+the cells' sum is ``pi^2``, the volume of ``S^3 / +-1``, to 1e-6), normalised to 1.
+It is deterministic, hierarchical (a cell of level ``n`` is exactly 8 cells of level
+``2n``, so coarse-to-fine refinement subdivides, as RELION's and
 cryoDRGN's healpix grids do) and needs no healpix library. ``R = 4 n^3`` rotations; the
 median angle from a rotation to its nearest neighbour (:func:`so3_spacing_deg`) is 36
 degrees at ``n = 4`` (256 rotations), 28.5 at 5 (500), 23 at 6 (864), 17 at 8 (2048).
@@ -61,7 +62,7 @@ from cryosip.forward.base import AbstractPose
 from cryosip.forward.fourier import FourierOperator
 from cryosip.forward.image_model import _chunked_map
 
-__all__ = ["GridSettings", "ImagePosteriors", "PoseGrid", "Search", "children",
+__all__ = ["GridSettings", "ImagePosteriors", "PoseGrid", "PoseMarginalKL", "Search", "children",
            "grid_log_likelihood", "image_posteriors", "log_marginal", "search", "shift_grid",
            "so3_grid", "so3_spacing_deg", "so3_volume", "templates"]
 
@@ -157,9 +158,10 @@ def shift_grid(std_angstrom: float, spacing_angstrom: float) -> tuple[np.ndarray
 class GridSettings:
     """How the pose is integrated out: rotation ``level`` (``n``), ``top_k`` rotations per
     image refined to level ``2n`` (0: no refinement), the shift prior's std and the shift
-    grid's spacing (Å; default ``max(std, pixel / 2)`` with the flow's pixel)."""
+    grid's spacing (Å; default ``max(1.5 std, pixel / 2)`` with the flow's pixel: 5 nodes,
+0 and ``+-1.5 std`` on each axis, at ``std >= pixel / 3``)."""
 
-    level: int = 5
+    level: int = 4
     top_k: int = 0
     shift_std_angstrom: float = 0.0
     shift_spacing_angstrom: float | None = None
@@ -311,7 +313,7 @@ def search(operator: FourierOperator, values, nuisance, xs, log_weights,
 def _spacing(operator, settings: GridSettings) -> float:
     if settings.shift_spacing_angstrom:
         return settings.shift_spacing_angstrom
-    return max(settings.shift_std_angstrom, 0.5 * operator.band.pixel_size_angstrom)
+    return max(1.5 * settings.shift_std_angstrom, 0.5 * operator.band.pixel_size_angstrom)
 
 
 def log_marginal(operator: FourierOperator, values, nuisance, xs, log_weights,
@@ -363,3 +365,26 @@ def _posteriors(operator, values, nuisance, xs, log_w, settings):
     t, p = best // n_p, best % n_p
     rot = jnp.take_along_axis(s.matrices, p[:, None, None, None], 1)[:, 0]
     return probs, rot, s.shifts_angstrom[t]
+
+
+# --- the flow's objective ----------------------------------------------------------------
+
+class PoseMarginalKL(eqx.Module):
+    """KL with the pose and shift integrated out: ``-mean_n log sum_i w_i p(y_n | x_i)``
+    with :func:`log_marginal` (the images' own CTFs from ``batch.nuisance``; its angles
+    and shifts, if any, are not used). The same call as
+    :class:`~cryosip.flows.KLObjective`, so the flow drives it unchanged.
+
+    Poses are searched afresh every step, not cached per image: the templates are shared
+    by the whole minibatch (``M R`` renders a step whatever ``B`` is), while a per-image
+    cache of ``K`` poses needs ``B K M`` renders of each image's own, more than ``M R`` once
+    ``B K > R`` (128 images x 8 poses against 500 rotations at level 5)."""
+
+    operator: FourierOperator
+    settings: GridSettings = eqx.field(static=True)
+
+    def __call__(self, positions, weights, batch, key) -> Float[Array, ""]:
+        log_w = jnp.log(weights)
+        ll = log_marginal(self.operator, batch.values, batch.nuisance, positions,
+                          jax.lax.stop_gradient(log_w), self.settings)
+        return -jnp.mean(jax.nn.logsumexp(ll + log_w[None, :], axis=1))

@@ -176,7 +176,7 @@ def pose_grid_settings(config: ReconstructConfig, operator) -> GridSettings:
     if std is None:
         std = config_.box_size * config_.pixel_size_angstrom / 50.0
     section = config.objective
-    return GridSettings(level=getattr(section, "pose_level", 5),
+    return GridSettings(level=getattr(section, "pose_level", 4),
                         top_k=getattr(section, "pose_refine_top", 0), shift_std_angstrom=std)
 
 
