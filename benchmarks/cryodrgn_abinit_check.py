@@ -12,8 +12,10 @@ per-image ``|Spearman|``).
 In cryoDRGN 4.3.1 the classic ``abinit_het`` is the command ``abinit_het_old`` (``abinit``
 is now cryoDRGN-AI); this script runs ``abinit_het_old`` with its defaults except
 ``--zdim 1``, ``-n EPOCHS``, ``--no-analysis``, ``--seed`` and, with ``--small``, the
-encoder/decoder widths (``--enc-dim/--dec-dim 128``, ``--pretrain`` = the image count)
-so that it fits on two CPU cores. cryoDRGN inverts the data by default, which matches
+encoder/decoder widths (``--enc-dim/--dec-dim 128``, ``--pretrain`` = the image count),
+with ``--fast`` a coarser pose search (``--t-ngrid 3 --t-extent 3 --l-end 20``) and with
+``--n-use N`` only the first N images (``--ind``), so that it fits on two CPU cores.
+cryoDRGN inverts the data by default, which matches
 cryosip's RELION-like white particles (``docs/conventions.md``).
 
 How to run. cryoDRGN is not a cryosip dependency, and this script imports nothing of
@@ -76,6 +78,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, required=True, help="a simulated folder")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--small", action="store_true", help="narrower networks, short pretrain")
+    p.add_argument("--n-use", type=int, default=None,
+                   help="only the first N images (cryoDRGN's --ind); default all")
+    p.add_argument("--fast", action="store_true",
+                   help="a coarser pose search: --t-ngrid 3 --t-extent 3 --l-end 20")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/q-abinit"))
     p.add_argument("--cryosip", type=Path, default=None, help="unknown_pose_mmd.json")
@@ -87,8 +93,16 @@ def main(argv=None) -> int:
     ctf = args.work / "ctf.pkl"
     cryodrgn("parse_ctf_star", str(star), "-o", str(ctf), log=args.work / "ctf.log")
     run = args.work / "abinit"
-    extra = (["--enc-dim", "128", "--dec-dim", "128", "--pretrain", str(len(truth))]
+    n_use = len(truth) if args.n_use is None else min(args.n_use, len(truth))
+    truth = truth[:n_use]
+    extra = (["--enc-dim", "128", "--dec-dim", "128", "--pretrain", str(n_use)]
              if args.small else [])
+    extra += ["--t-ngrid", "3", "--t-extent", "3", "--l-end", "20"] if args.fast else []
+    if n_use < len(np.load(args.data / "truth.npz")["x"]):
+        index = args.work / f"ind{n_use}.pkl"
+        with open(index, "wb") as fh:
+            pickle.dump(np.arange(n_use), fh)
+        extra += ["--ind", str(index)]
     cmd = ["abinit_het_old", str(star), "--datadir", str(args.data), "--ctf", str(ctf),
            "--zdim", "1", "-n", str(args.epochs), "-o", str(run), "--no-analysis",
            "--seed", str(args.seed), *extra]
@@ -97,7 +111,8 @@ def main(argv=None) -> int:
     rho = stats.spearmanr(z, truth).statistic
     result = {
         "cryodrgn": {"command": "cryodrgn " + " ".join(cmd), "version": _version(),
-                     "n_images": len(truth), "epochs": args.epochs, "wall_s": wall,
+                     "n_images": n_use, "epochs": args.epochs, "fast": args.fast,
+                     "small": args.small, "wall_s": wall,
                      "abs_spearman_z_vs_true_x": float(abs(rho))},
         "cryosip": cryosip_rows(args.cryosip),
         "data": str(args.data),
