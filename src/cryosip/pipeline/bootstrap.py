@@ -219,38 +219,28 @@ def n_refits(config, refinement=None) -> int:
     return int(chosen)
 
 
-def resampled_em(loglik: np.ndarray, init: np.ndarray, index: np.ndarray,
-                 max_iter: int = 2000, tol: float = REFIT_TOL) -> np.ndarray:
-    """``[B, M]`` EM weights of the ``B`` resamples ``index [B, N]`` of the rows of
-    ``loglik [N, M]``, all at once: a resample's EM is EM with row counts ``c_b`` (how
-    often each row was drawn), so the ``B`` E-steps are two ``(N x M) x (M x B)`` products
-    of one shifted likelihood matrix; each refit stops when its mean log-likelihood per
-    image changes by less than ``tol`` (:func:`cryosip.baselines.em.em_weights`'s rule)."""
-    n = loglik.shape[0]
-    top = loglik.max(axis=1, keepdims=True).astype(np.float64)
-    p = np.exp(loglik - top)  # [N, M], rows with max 1
-    counts = np.stack([np.bincount(rows, minlength=n) for rows in index]).T  # [N, B]
-    w = np.repeat(np.asarray(init, np.float64)[:, None], index.shape[0], axis=1)  # [M, B]
-    previous = np.full(index.shape[0], -np.inf)
-    active = np.ones(index.shape[0], bool)
-    for _ in range(max_iter):
-        pw = np.maximum(p @ w[:, active], 1e-300)  # [N, b]
-        ell = (counts[:, active] * (np.log(pw) + top)).sum(axis=0) / n
-        w[:, active] = w[:, active] * (p.T @ (counts[:, active] / pw)) / n
-        done = np.abs(ell - previous[active]) < tol
-        previous[active] = ell
-        active[np.flatnonzero(active)[done]] = False
-        if not active.any():
-            break
-    return (w / w.sum(axis=0, keepdims=True)).T
+def resampled_em(likelihood, init: np.ndarray, index: np.ndarray, max_iter: int = 2000,
+                 tol: float = REFIT_TOL, group: int = 8) -> np.ndarray:
+    """``[B, M]`` EM weights of the ``B`` resamples ``index [B, N]`` of the rows of the
+    full-data likelihood (:class:`cryosip.flows.refine.ShiftedLikelihood`): a resample's EM
+    is EM with row counts ``c_b`` (how often each row was drawn), so ``group`` refits share
+    each iteration's two products with the one stored matrix (memory ``O(N group)``)."""
+    n = likelihood.p.shape[0]
+    out = []
+    for g in range(0, len(index), group):
+        counts = np.stack([np.bincount(rows, minlength=n) for rows in index[g:g + group]],
+                          axis=1).astype(np.float32)
+        init_g = np.repeat(np.asarray(init, np.float64)[:, None], counts.shape[1], axis=1)
+        out.append(likelihood.em(init_g, counts, max_iter=max_iter, tol=tol)[0].T)
+    return np.concatenate(out)
 
 
 def _weight_refits(measure: ParticleMeasure, refinement, count: int, seed: int):
     """EM on resampled rows of the full-data likelihood, from the point estimate's weights
     (positions fixed; module docstring)."""
     positions, weights = measure.to_numpy()
-    index = resample_indices(refinement.loglik.shape[0], count, seed)
-    refit = resampled_em(refinement.loglik, weights, index)
+    index = resample_indices(refinement.likelihood.p.shape[0], count, seed)
+    refit = resampled_em(refinement.likelihood, weights, index)
     return (np.broadcast_to(positions, (count, *positions.shape)).copy(),
             refit.astype(np.float32))
 
