@@ -63,8 +63,8 @@ from cryosip.forward.fourier import FourierOperator
 from cryosip.forward.image_model import _chunked_map
 
 __all__ = ["GridSettings", "ImagePosteriors", "PoseGrid", "PoseMarginalKL", "Search", "children",
-           "grid_log_likelihood", "image_posteriors", "log_marginal", "search", "shift_grid",
-           "so3_grid", "so3_spacing_deg", "so3_volume", "templates"]
+           "grid_log_likelihood", "image_posteriors", "log_marginal", "pose_marginal_block",
+           "search", "shift_grid", "so3_grid", "so3_spacing_deg", "so3_volume", "templates"]
 
 
 # --- grids -------------------------------------------------------------------------------
@@ -388,3 +388,12 @@ class PoseMarginalKL(eqx.Module):
         ll = log_marginal(self.operator, batch.values, batch.nuisance, positions,
                           jax.lax.stop_gradient(log_w), self.settings)
         return -jnp.mean(jax.nn.logsumexp(ll + log_w[None, :], axis=1))
+
+
+def pose_marginal_block(operator: FourierOperator, settings: GridSettings):
+    """``(batch, xs) -> [b, M]`` log-likelihoods with pose and shift integrated out, the
+    block function of the full-data weights phase
+    (:func:`cryosip.flows.refine.refine_weights`) for unknown poses."""
+    grid = eqx.filter_jit(lambda op, ys, xs, w: log_marginal(
+        op, ys, w, xs, jnp.zeros(xs.shape[0], ys.dtype), settings))
+    return lambda batch, xs: grid(operator, batch.values, jnp.asarray(xs), batch.nuisance)

@@ -47,7 +47,7 @@ from cryosip.flows.moment_objective import SecondMomentObjective, moment_scale
 from cryosip.flows.refine import known_pose_block, refine_weights
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.forward.fourier import FourierOperator
-from cryosip.forward.poses import GridSettings, PoseMarginalKL
+from cryosip.forward.poses import GridSettings, PoseMarginalKL, pose_marginal_block
 from cryosip.io import read_particles
 from cryosip.measures import ParticleMeasure
 from cryosip.pipeline.bootstrap import BootstrapResult, run_bootstrap
@@ -222,14 +222,16 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
 def refine_flow(config: ReconstructConfig, operator, observations, flow: FlowResult
                 ) -> FlowResult:
     """``flow`` with its weights replaced by the full-data phase's
-    (:mod:`cryosip.flows.refine`) when ``config.loop.refine_weights`` applies: KL with each
-    image's nuisance known; otherwise ``flow`` as it is."""
+    (:mod:`cryosip.flows.refine`) when ``config.loop.refine_weights`` applies: KL, with each
+    image's nuisance known or, unknown poses, on the pose grid; otherwise ``flow`` as it is."""
     known = config.data.poses == "known"
-    if not (config.loop.refine_weights and config.objective.kind == "kl" and known
+    if not (config.loop.refine_weights and config.objective.kind == "kl"
             and flow.status != FlowStatus.DIVERGED):
         return flow
     positions, weights = flow.measure.to_numpy()
-    refined = refine_weights(known_pose_block(operator), positions, weights, observations,
+    block = (known_pose_block(operator) if known else  # unknown: pose grid (forward.poses)
+             pose_marginal_block(operator, pose_grid_settings(config, operator)))
+    refined = refine_weights(block, positions, weights, observations,
                              progress=config.loop.progress)
     measure = ParticleMeasure(jnp.asarray(positions), jnp.asarray(refined.weights))
     timings = {**flow.timings, "refine_s": refined.likelihood_s + refined.em_s}
