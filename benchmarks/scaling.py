@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -211,11 +212,14 @@ def w1_size(n: int, snr: float, work: Path, keep: bool, reuse: bool = False) -> 
             rec["peak_rss_kb"] / 1024, "summary": summary, "evaluation": evaluation}
 
 
-def w1_part(sizes: list[int], snr: float, work: Path, keep: bool, reuse: bool) -> list[dict]:
+def w1_part(sizes: list[int], snr: float, work: Path, keep: bool, reuse: bool,
+            save: Callable[[list[dict]], None]) -> list[dict]:
+    """Rows of :func:`w1_size`, ``save``d after each size (a long run keeps what it did)."""
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in sizes:
         rows.append(w1_size(n, snr, work, keep, reuse))
+        save(rows)
         ev = rows[-1]["evaluation"]
         print(f"N={n:>8d}  W1 {ev.get('w1')} (to the law {ev.get('w1_to_truth')}, floor "
               f"{ev.get('floor')} +- {ev.get('floor_std')})  reconstruct "
@@ -260,12 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.out}")
     if args.part == "w1":
-        record["w1"] = w1_part(sizes, args.snr, args.work, args.keep, args.reuse_data)
-        record["load_average_end"] = os.getloadavg()
         out = RESULTS_W1 if args.out == RESULTS else args.out
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {out}")
+
+        def save(rows: list[dict]) -> None:
+            out.write_text(json.dumps({**record, "w1": rows, "load_average_end":
+                                       os.getloadavg()}, indent=1) + "\n")
+            print(f"wrote {out}", flush=True)
+
+        w1_part(sizes, args.snr, args.work, args.keep, args.reuse_data, save)
     if args.part in ("processes", "all"):
         code = processes_part(rest)
         if code:
