@@ -7,7 +7,13 @@ slice per step. This times both, interleaved, for ``N`` in ``--sizes`` (``B`` = 
 KL default): seconds per step averaged over ``--steps`` consecutive steps (the new scheme's
 average includes its one permutation at step 0, so it is an upper bound for a long run).
 
-Run: ``.venv/bin/python benchmarks/batch_rows.py`` -> ``benchmarks/results/batch_rows.json``.
+``--flow``: instead, the time per step of :func:`cryosip.flows.run_flow` itself on
+``N`` in-memory 1-D observations (a quadratic objective on the batch mean, 8 particles,
+``B`` = 128, 40 steps in chunks of 10: ``per_step_s``, the chunks after the compiled
+first), N interleaved over the repeats: what is left of a step that depends on N.
+
+Run: ``.venv/bin/python benchmarks/batch_rows.py [--flow]`` ->
+``benchmarks/results/batch_rows.json`` (``batch_rows_flow.json``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,42 @@ def new_rows(key, n: int, batch: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def flow_step(n: int, batch: int) -> float:
+    """``per_step_s`` of run_flow on ``n`` in-memory observations."""
+    import jax.numpy as jnp
+
+    from cryosip.flows import FlowConfig, WassersteinFlow, run_flow
+    from cryosip.measures import ParticleMeasure
+    from cryosip.operators import Observations
+
+    def objective(x, w, batch_obs, key):
+        return jnp.sum(w * jnp.sum((x - batch_obs.values.mean()) ** 2, 1))
+
+    obs = Observations(jnp.asarray(np.random.default_rng(0).random((n, 1)), jnp.float32))
+    result = run_flow(WassersteinFlow(0.1), objective,
+                      ParticleMeasure.uniform(jnp.zeros((8, 1))), obs, jax.random.key(0),
+                      FlowConfig(max_steps=40, batch_size=batch, history_every=10,
+                                 progress=False))
+    return result.timings["per_step_s"]
+
+
+def flow_main(args) -> int:
+    rows = []
+    for repeat in range(args.repeats):
+        for n in args.sizes:
+            load = os.getloadavg()[0]
+            rows.append({"repeat": repeat, "n": n, "per_step_s": flow_step(n, args.batch),
+                         "load_average": load})
+            print(f"repeat {repeat} N={n:>8d}: run_flow {rows[-1]['per_step_s'] * 1e3:.3f} ms "
+                  f"per step (load {load:.1f})", flush=True)
+    out = args.out.with_name("batch_rows_flow.json") if args.out == RESULTS else args.out
+    out.write_text(json.dumps({"batch": args.batch, "rows": rows, "date":
+                               time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1)
+                   + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -51,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--flow", action="store_true", help="time run_flow's steps instead")
     args = parser.parse_args(argv)
+    if args.flow:
+        return flow_main(args)
     key = jax.random.key(0)
     rows = []
     for repeat in range(args.repeats):
