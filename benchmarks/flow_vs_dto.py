@@ -462,9 +462,10 @@ def plot_consistency(rows: list[dict], path: Path) -> None:
 
 def merge(paths: list[Path], out: Path) -> int:
     """One JSON and figure from runs of separate dimensions, claims recomputed."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = [json.loads(Path(p).read_text()) if Path(p).suffix == ".json" else rows_from_log(p)
+             for p in paths]
     rows = [r for part in parts for r in part["rows"]]
-    checks = {k: v for part in parts for k, v in part["prorate_check"].items()}
+    checks = {k: v for part in parts for k, v in part.get("prorate_check", {}).items()}
     result = {"config": {"merged_from": [str(p) for p in paths],
                          "runs": [part["config"] for part in parts]},
               "rows": rows, "prorate_check": checks, "claims": claims(rows)}
@@ -474,6 +475,30 @@ def merge(paths: list[Path], out: Path) -> int:
     plot_study(rows, out.with_suffix(".png"))
     print(f"wrote {out}.json/.png")
     return 0
+
+
+def rows_from_log(path: Path) -> dict:
+    """The rows of the tables a run printed (``print_table``) in its log ``path``: a run
+    stopped before it wrote its JSON still gives the dimensions it finished."""
+    names = ("d", "method", "K", "points", "N", "score", "floor", "ratio", "wall_s", "cpu_s",
+             "likelihood_s", "fit_s")
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        f = line.split()
+        if len(f) != len(names) or f[1] not in ("flow", "reweight"):
+            continue
+        r = dict(zip(names, f, strict=True))
+        d = int(r["d"])
+        row = {"d": d, "model": MODELS[d], "metric": "w1" if d == 1 else "w2",
+               "method": r["method"], "K": None if r["K"] == "-" else int(r["K"]),
+               "N": int(r["N"]), "score": float(r["score"]), "floor": float(r["floor"]),
+               "wall_s": float(r["wall_s"]), "cpu_s": float(r["cpu_s"]), "source": str(path)}
+        row["n_particles" if r["method"] == "flow" else "n_support"] = int(r["points"])
+        for key in ("likelihood_s", "fit_s"):
+            if r[key] != "-":
+                row[key] = float(r[key])
+        rows.append(row)
+    return {"config": {"log": str(path)}, "rows": rows}
 
 
 def git_state() -> dict:
@@ -504,7 +529,8 @@ def parse_args(argv=None):
     p.add_argument("--part", choices=("all", "flow", "grids"), default="all",
                    help="only the flow or only the grids (separate processes; then --merge)")
     p.add_argument("--merge", type=Path, nargs="+",
-                   help="combine the JSON of runs of separate d (one process each) into one")
+                   help="combine runs of separate d (their JSON, or the log of a run stopped "
+                        "after printing a table) into one JSON, figure and claims")
     args = p.parse_args(argv)
     grids = QUICK_GRIDS if args.quick else GRIDS
     args.grids = {d: sorted(getattr(args, f"k{d}")) if getattr(args, f"k{d}") else grids[d]

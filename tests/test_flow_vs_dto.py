@@ -100,3 +100,18 @@ def test_1d_truth_is_consistency_truth(fvd):
         return (parts - lo) / (hi - lo)
 
     np.testing.assert_allclose(truth.cdf(x), cdf(x[:, 0]), atol=2e-4)
+
+
+def test_rows_come_back_from_a_printed_table(fvd, capsys, tmp_path):
+    rows = [{**_row(2, "flow", 0.0412, 1783.4, 269.7), "N": 10000, "n_particles": 128},
+            {**_row(2, "reweight", 0.0533, 55.2, 20.1, 7), "N": 10000, "n_support": 49,
+             "likelihood_s": 50.0, "fit_s": 5.2}]
+    fvd.print_table(rows)
+    log = tmp_path / "run.log"
+    log.write_text("d = 2 (adk-domains): N = 10000\n" + capsys.readouterr().out)
+    back = fvd.rows_from_log(log)["rows"]
+    assert [r["method"] for r in back] == ["flow", "reweight"]
+    assert back[0]["K"] is None and back[1]["K"] == 7 and back[1]["n_support"] == 49
+    np.testing.assert_allclose([r["score"] for r in back], [0.0412, 0.0533], atol=5e-5)
+    np.testing.assert_allclose([r["cpu_s"] for r in back], [269.7, 20.1], atol=0.05)
+    np.testing.assert_allclose(back[1]["fit_s"], 5.2, atol=0.05)
