@@ -148,7 +148,7 @@ def test_batched_resample_em_equals_em_on_the_resampled_rows():
     init = em_weights(loglik).weights
     index = resample_indices(400, 3, seed=5)
     batched = resampled_em(ShiftedLikelihood.from_loglik(loglik), init, index, tol=1e-10,
-                           group=2)  # two groups: 2 + 1 refits
+                           max_iter=2000, group=2)  # two groups: 2 + 1 refits
     for b in range(3):
         rows = loglik[index[b]]
         single = em_weights(rows, init=init, max_iter=2000, tol=1e-10).weights
@@ -171,3 +171,11 @@ def test_float32_likelihood_keeps_the_loglik_and_em_matches_float64():
     reference = refine_from_loglik(loglik, np.full(7, 1 / 7), max_iter=5000, tol=1e-12)
     assert converged
     np.testing.assert_allclose(w, reference.weights, atol=1e-4)
+
+
+def test_resample_groups_draw_the_documented_rows():
+    from cryosip.pipeline.bootstrap import _resample_groups, resample_indices
+
+    groups = list(_resample_groups(300, 20, seed=4, group=8))
+    assert [len(g) for g in groups] == [8, 8, 4]
+    np.testing.assert_array_equal(np.concatenate(groups), resample_indices(300, 20, seed=4))

@@ -11,6 +11,7 @@ seed, start/end times (UTC, ISO 8601), host and JAX backend.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -18,14 +19,15 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from cryosip import __version__
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_savez", "git_sha",
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_savez", "git_sha",
            "provenance_record", "write_provenance", "utc_now"]
 
 
@@ -80,24 +82,31 @@ def provenance_record(config: Any, seed: int | None, argv: list[str] | None = No
     })
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` only when the block succeeds
+    (a temporary file in the same folder, fsync, rename); the file gets the mode an
+    ordinary ``open()`` would (0666 less the umask; ``mkstemp`` alone makes it 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp makes the file 0600; give it the mode an ordinary open() would (0666 less
-        # the umask), so outputs stay readable to the user's group as any other file
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    with atomic_open(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

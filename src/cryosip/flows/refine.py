@@ -124,12 +124,14 @@ class ShiftedLikelihood:
         return w, iterations, not active.any(), np.asarray(history)
 
     def _ell(self, w: np.ndarray, c: np.ndarray | None) -> np.ndarray:
-        """Mean log-likelihood per image of each column of ``w`` (row counts ``c``)."""
-        pw = np.maximum(self.p @ w.astype(np.float32), TINY)
-        logs = np.log(pw).astype(np.float64) + self.row_max[:, None]
+        """Mean log-likelihood per image of each column of ``w`` (row counts ``c``), in
+        float32 products summed in float64 (no float64 ``[N, b]`` copies)."""
+        logs = np.log(np.maximum(self.p @ w.astype(np.float32), TINY))
+        n = self.p.shape[0]
         if c is None:
-            return logs.mean(axis=0)
-        return (c.astype(np.float64) * logs).sum(axis=0) / self.p.shape[0]
+            return logs.sum(axis=0, dtype=np.float64) / n + self.row_max.mean()
+        logs *= c
+        return (logs.sum(axis=0, dtype=np.float64) + self.row_max @ c) / n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +219,7 @@ def known_pose_block(operator) -> Callable:
 
 
 def refine_weights(loglik_block: Callable, positions, weights, source, *,  # noqa: PLR0913
-                   block: int = BLOCK, max_iter: int = 2000, tol: float = 1e-9,
+                   block: int = BLOCK, max_iter: int = 1000, tol: float = 1e-9,
                    progress: bool = False) -> Refinement:
     """The full-data phase (module docstring): ``L`` over all of ``source``, then EM from
     ``weights``. ``loglik_block(batch, xs)`` gives a block's ``[b, M]`` log-likelihoods

@@ -45,12 +45,10 @@ _rlnCryosipX1 #3
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -60,7 +58,7 @@ import starfile
 from cryosip.errors import InputError
 from cryosip.io.star import ParticleTable, _shortest
 from cryosip.io.starloop import StarLoop, particle_loop, read_loop, scan_loops
-from cryosip.provenance import atomic_write_text
+from cryosip.provenance import atomic_open, atomic_write_text
 from cryosip.rotations import matrix_to_euler
 
 __all__ = ["annotate_particles", "read_star_columns", "relion_pose_columns"]
@@ -90,21 +88,6 @@ def relion_pose_columns(rotations, shifts_angstrom, pixel_size_angstrom: float
     return {"rlnAngleRot": euler[:, 0], "rlnAngleTilt": euler[:, 1], "rlnAnglePsi": euler[:, 2],
             "rlnOriginXAngst": shifts[:, 0], "rlnOriginYAngst": shifts[:, 1],
             "rlnOriginX": pixels[:, 0], "rlnOriginY": pixels[:, 1]}
-
-
-@contextlib.contextmanager
-def _atomic_binary(path: Path) -> Iterator:
-    """A binary file handle whose content replaces ``path`` only when the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plan(loop: StarLoop, columns: Mapping[str, np.ndarray]):
@@ -149,7 +132,7 @@ def _annotate_star(source: Path, out: Path, columns: Mapping[str, np.ndarray]) -
     extras = [_text(v) for _, v in append]
     n = len(next(iter(columns.values())))
     row = 0
-    with _atomic_binary(out) as dst, open(source, "rb") as src:
+    with atomic_open(out) as dst, open(source, "rb") as src:
         dst.write(b"".join([*lines[:last + 1], *names, *lines[last + 1:]]))
         src.seek(loop.start)
         while src.tell() < loop.end:  # the loop's rows, blank lines and comments

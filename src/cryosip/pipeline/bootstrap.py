@@ -86,6 +86,10 @@ WEIGHT_REFITS = 40
 """Default number of weight refits (runs with a full-data refinement: each is an EM on the
 resampled rows of the likelihood matrix, milliseconds to a second)."""
 
+REFIT_MAX_ITER = 300
+"""EM iterations of a weight refit at most (EM crawls along directions that trade mass
+between neighbouring particles; those moves do not change a population)."""
+
 REFIT_TOL = 1e-7
 """EM tolerance of a weight refit (mean log-likelihood per image; it starts at the point
 estimate, a sampling error away from its own optimum)."""
@@ -219,28 +223,39 @@ def n_refits(config, refinement=None) -> int:
     return int(chosen)
 
 
-def resampled_em(likelihood, init: np.ndarray, index: np.ndarray, max_iter: int = 2000,
+def resampled_em(likelihood, init: np.ndarray, index, max_iter: int = REFIT_MAX_ITER,
                  tol: float = REFIT_TOL, group: int = 8) -> np.ndarray:
-    """``[B, M]`` EM weights of the ``B`` resamples ``index [B, N]`` of the rows of the
-    full-data likelihood (:class:`cryosip.flows.refine.ShiftedLikelihood`): a resample's EM
-    is EM with row counts ``c_b`` (how often each row was drawn), so ``group`` refits share
-    each iteration's two products with the one stored matrix (memory ``O(N group)``)."""
+    """``[B, M]`` EM weights of the ``B`` resamples ``index`` (``[B, N]`` rows, or an
+    iterable of ``[b, N]`` groups) of the rows of the full-data likelihood
+    (:class:`cryosip.flows.refine.ShiftedLikelihood`): a resample's EM is EM with row counts
+    ``c_b`` (how often each row was drawn), so ``group`` refits share each iteration's two
+    products with the one stored matrix (memory ``O(N group)``)."""
     n = likelihood.p.shape[0]
+    groups = ([index[g:g + group] for g in range(0, len(index), group)]
+              if isinstance(index, np.ndarray) else index)
     out = []
-    for g in range(0, len(index), group):
-        counts = np.stack([np.bincount(rows, minlength=n) for rows in index[g:g + group]],
-                          axis=1).astype(np.float32)
+    for rows in groups:
+        counts = np.stack([np.bincount(r, minlength=n) for r in rows], axis=1)
         init_g = np.repeat(np.asarray(init, np.float64)[:, None], counts.shape[1], axis=1)
-        out.append(likelihood.em(init_g, counts, max_iter=max_iter, tol=tol)[0].T)
+        out.append(likelihood.em(init_g, counts.astype(np.float32), max_iter=max_iter,
+                                 tol=tol)[0].T)
     return np.concatenate(out)
+
+
+def _resample_groups(n: int, count: int, seed: int, group: int):
+    """:func:`resample_indices`'s rows, drawn ``group`` refits at a time from the same
+    generator (the same draws; memory ``O(N group)`` instead of ``O(N B)``)."""
+    rng = numpy_rng(seed, "bootstrap")
+    for g in range(0, count, group):
+        yield rng.integers(0, n, size=(min(group, count - g), n))
 
 
 def _weight_refits(measure: ParticleMeasure, refinement, count: int, seed: int):
     """EM on resampled rows of the full-data likelihood, from the point estimate's weights
     (positions fixed; module docstring)."""
     positions, weights = measure.to_numpy()
-    index = resample_indices(refinement.likelihood.p.shape[0], count, seed)
-    refit = resampled_em(refinement.likelihood, weights, index)
+    n = refinement.likelihood.p.shape[0]
+    refit = resampled_em(refinement.likelihood, weights, _resample_groups(n, count, seed, 8))
     return (np.broadcast_to(positions, (count, *positions.shape)).copy(),
             refit.astype(np.float32))
 
