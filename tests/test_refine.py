@@ -9,6 +9,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
+from cryosip.baselines.em import mixture_log_likelihood
 from cryosip.flows.refine import (
     ShiftedLikelihood,
     known_pose_block,
@@ -167,10 +168,12 @@ def test_float32_likelihood_keeps_the_loglik_and_em_matches_float64():
     # entries within e^-87 of their row's best come back to float32 precision
     kept = loglik - loglik.max(axis=1, keepdims=True) > -80
     np.testing.assert_allclose(shifted.loglik[kept], loglik[kept], atol=2e-5)
-    w, _, converged, _ = shifted.em(np.full(7, 1 / 7), max_iter=5000, tol=1e-12)
+    w, _, converged, _ = shifted.em(np.full(7, 1 / 7), max_iter=5000, tol=1e-8)
     reference = refine_from_loglik(loglik, np.full(7, 1 / 7), max_iter=5000, tol=1e-12)
-    assert converged
-    np.testing.assert_allclose(w, reference.weights, atol=1e-4)
+    assert converged  # to 1e-8 per image (float32 products: not to 1e-12)
+    np.testing.assert_allclose(w, reference.weights, atol=1e-3)
+    assert mixture_log_likelihood(loglik, w) == pytest.approx(
+        mixture_log_likelihood(loglik, reference.weights), abs=1e-6)
 
 
 def test_resample_groups_draw_the_documented_rows():
