@@ -262,9 +262,11 @@ def test_unknown_poses_write_the_map_pose_that_reads_back(made, tmp_path):
     star, run, _ = made
     loaded = load_run(run)
     s = loaded.scale
-    data = prepare_data(read_particles(star, require_poses=False), loaded.model,
+    stack = read_particles(star, require_poses=False)
+    data = prepare_data(stack, loaded.model,
                         known_poses=False, flow_box=16, heldout_fraction=0.05, seed=0,
-                        offset=s.offset, contrast=s.contrast, noise_std=s.noise_std)
+                        offset=s.offset, contrast=s.contrast,
+                        noise_std=s.noise_std * stack.box_size / 16)  # stack units
     config = ReconstructConfig.model_validate({"data": {"particles": str(star),
                                                         "poses": "unknown"}})
     measure = ParticleMeasure(jnp.asarray(loaded.positions, jnp.float32),

@@ -151,9 +151,12 @@ def test_loaded_run_has_the_operator_prepared_from_the_star_file(made):
     loaded = load_run(run)
     model = loaded.model
     s = loaded.scale
-    prepared = prepare_data(read_particles(data / "two.star"), model, known_poses=True,
+    stack = read_particles(data / "two.star")
+    prepared = prepare_data(stack, model, known_poses=True,
                             flow_box=16, heldout_fraction=0.05, seed=loaded.seed,
-                            offset=s.offset, contrast=s.contrast, noise_std=s.noise_std)
+                            offset=s.offset, contrast=s.contrast,
+                            noise_std=s.noise_std * stack.box_size / 16)  # stack units
+    assert prepared.scale.noise_std == pytest.approx(s.noise_std)
     np.testing.assert_array_equal(prepared.heldout_index, loaded.heldout_index)
     np.testing.assert_array_equal(prepared.train_index, loaded.train_index)
     obs = prepared.observations(prepared.heldout_index)
@@ -272,3 +275,21 @@ def test_a_file_model_is_recorded_with_absolute_paths_frame_and_offset(made, tmp
     np.testing.assert_allclose(got.mean(axis=0), [6.0, -4.0, 3.0], atol=1e-3)
     np.testing.assert_allclose(got, np.asarray(model.structure_at(x).positions_angstrom),
                                rtol=0, atol=1e-5)
+
+
+def test_a_given_noise_sd_is_the_stacks_and_the_crop_scales_it(made):
+    """The Fourier crop to the flow box scales white noise by flow_box / box (checked on
+    numpy noise), so a --noise-std given in the stack's units is converted, not taken as
+    the cropped images' sd (which tempered every likelihood by (box / flow_box)^2)."""
+    from cryosip.io import read_particles
+    from cryosip.pipeline.data import fourier_crop, prepare_data
+    from cryosip.structures.factory import load_model
+
+    noise = np.random.default_rng(0).normal(size=(400, 32, 32))
+    assert fourier_crop(noise, 16).std() == pytest.approx(0.5, rel=0.03)
+    data, _, _ = made
+    stack = read_particles(data / "two.star")
+    prepared = prepare_data(stack, load_model("hinge"), known_poses=True, flow_box=16,
+                            heldout_fraction=0.05, seed=0, offset=0.0, contrast=1.0,
+                            noise_std=2.0)
+    assert prepared.scale.noise_std == pytest.approx(2.0 * 16 / stack.box_size)

@@ -120,7 +120,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
                    help="warm-started refits on resampled images for the 90%% bands of the "
                         "density, populations and free energy (default 4; 0: none)")
     p.add_argument("--noise-std", type=float, default=None,
-                   help="noise sigma in the stack's units (default: estimated)")
+                   help="noise sigma in the stack's units, before the Fourier crop "
+                        "(default: estimated)")
     p.add_argument("--shift-std-angstrom", type=float, default=None, dest="shift_std",
                    help="--poses unknown: std (Å) of the Gaussian prior of the in-plane shifts "
                         "(default: 1/50 of the box's width)")

@@ -73,7 +73,9 @@ def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class DataScale:
-    """``y = contrast * G + offset + noise_std * eps`` (data units), as estimated or given."""
+    """``y = contrast * G + offset + noise_std * eps`` (data units at the flow box: the
+    Fourier crop keeps offset and contrast but scales the noise sd by ``flow_box / box``,
+    so a ``noise_std`` given in the stack's units is converted), as estimated or given."""
 
     offset: float
     contrast: float
@@ -324,7 +326,9 @@ def estimate_scale(  # noqa: PLR0913 - offset, contrast and noise are each fixed
     mask = estimate.background_mask(data.flow_box)
     b_hat, s_hat = estimate.background_stats(images, mask)
     b = b_hat if offset is None else offset
-    s = s_hat if noise_std is None else noise_std
+    # a given noise sd is the stack's; the Fourier crop to the flow box keeps the mean and
+    # the signal but scales white noise by flow_box / box (fourier_crop's normalisation)
+    s = s_hat if noise_std is None else noise_std * data.flow_box / data.stack.box_size
     done = tuple(n for n, v in (("offset", offset), ("noise_std", noise_std)) if v is None)
     if contrast is not None:
         return DataScale(b, contrast, s, done)
