@@ -139,12 +139,12 @@ class Problem:
         self.x_true, sigma = truth["x"], float(truth["noise_std"])
         self.model = load_model(self.config.model)
         stack = read_particles(self.config.data.particles, require_poses=True)
-        # the scale is in units of the Fourier-cropped images: the crop (values kept for a
-        # constant image) scales white noise's sd by flow_box / box
+        # the simulation's noise sd in the stack's units: prepare_data converts it to the
+        # Fourier-cropped images' (the crop scales white noise's sd by flow_box / box)
         flow_box = self.config.data.flow_box
         self.data = prepare_data(stack, self.model, known_poses=True, flow_box=flow_box,
                                  heldout_fraction=0.0, seed=seed, offset=0.0, contrast=1.0,
-                                 noise_std=sigma * flow_box / stack.box_size)
+                                 noise_std=sigma)
         operator = build_operator(self.data, self.model, known_poses=True)
         self.operator, self.source = flow_inputs(self.config, self.data, operator)
 

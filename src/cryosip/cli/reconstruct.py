@@ -117,8 +117,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
     p.add_argument("--flow-box", type=int, default=None,
                    help="Fourier-crop images to this box for the flow (0: no crop; default 32)")
     p.add_argument("--bootstrap", type=int, default=None, metavar="B",
-                   help="warm-started refits on resampled images for the 90%% bands of the "
-                        "density, populations and free energy (default 4; 0: none)")
+                   help="bootstrap refits on resampled images for the 90%% bands of the "
+                        "density, populations and free energy (default 40 weight refits with "
+                        "the full-data phase, else 4 warm-started flows; 0: none)")
     p.add_argument("--noise-std", type=float, default=None,
                    help="noise sigma in the stack's units, before the Fourier crop "
                         "(default: estimated)")
