@@ -78,7 +78,8 @@ class ShiftedLikelihood:
     def from_loglik(cls, loglik: np.ndarray, *, in_place: bool = False,
                     block: int = 1 << 16) -> ShiftedLikelihood:
         """From ``L [N, M]``; ``in_place`` reuses a float32 ``L``'s memory for ``p``."""
-        p = loglik if in_place and loglik.dtype == np.float32 else np.array(loglik, np.float32)
+        mine = in_place and loglik.dtype == np.float32 and loglik.flags.writeable
+        p = loglik if mine else np.array(loglik, np.float32)  # (a gathered array is read-only)
         row_max = np.empty(p.shape[0], np.float64)
         for s in range(0, p.shape[0], block):
             part = p[s:s + block]
