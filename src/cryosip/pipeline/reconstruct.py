@@ -149,7 +149,9 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
         return PoseMarginalKL(operator, pose_grid_settings(config, operator))
     if section.kind == "kl":
         return KLObjective(operator, n_draws=section.n_draws)
-    n_particles = config.solver.particles_for(operator.model.dim)
+    # any random operator can be plugged in; one without a conformation model counts as 1-D
+    n_particles = config.solver.particles_for(getattr(getattr(operator, "model", None),
+                                                      "dim", 1))
     n_draws = max(1, section.n_draws // n_particles)  # n_draws is per step
     if section.kind != "mmd":  # a registered sample discrepancy (config.SampleSection)
         return SampleObjective(operator, section.discrepancy(), n_draws=n_draws)
