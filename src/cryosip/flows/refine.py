@@ -33,8 +33,10 @@ gathered so every process runs the same EM on the same matrix and keeps identica
 >>> import numpy as np
 >>> L = np.log(np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]]))
 >>> fit = refine_from_loglik(L, np.array([0.5, 0.5]))
->>> np.round(fit.weights, 3).tolist(), fit.converged
-([0.648, 0.352], True)
+>>> np.round(fit.weights, 3).tolist(), fit.converged  # root of the score equation below
+([0.678, 0.322], True)
+
+(``0.8/(0.1 + 0.8 w) + 0.6/(0.2 + 0.6 w) = 0.8/(0.9 - 0.8 w)`` at ``w = 0.678``.)
 """
 
 from __future__ import annotations
