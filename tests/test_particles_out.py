@@ -116,6 +116,40 @@ def test_posterior_mean_matches_a_pixel_space_likelihood_written_here(made):
     np.testing.assert_allclose(got["rlnCryosipXStd1"][rows], want_sd, rtol=0, atol=1e-3)
 
 
+def test_training_rows_from_the_full_data_phase_match_a_fresh_likelihood_pass(made):
+    """The run's particles.star took its training rows from the full-data phase's stored
+    likelihood (``summary.json`` says so); scoring every image again through the operator
+    (the path the held-out rows take, checked against pixel space above) gives the same."""
+    from cryosip.io import read_particles
+    from cryosip.measures import ParticleMeasure
+    from cryosip.pipeline.config import ReconstructConfig
+    from cryosip.pipeline.data import prepare_data
+    from cryosip.pipeline.posterior import image_posteriors
+    from cryosip.pipeline.reconstruct import build_operator
+
+    star, run, _ = made
+    summary = json.loads((run / "summary.json").read_text())
+    assert "full-data phase" in summary["per_image"]["method"]
+    loaded = load_run(run)
+    s = loaded.scale
+    stack = read_particles(star, require_poses=True)
+    data = prepare_data(stack, loaded.model, known_poses=True, flow_box=16,
+                        heldout_fraction=0.05, seed=0, offset=s.offset, contrast=s.contrast,
+                        noise_std=s.noise_std * stack.box_size / 16)  # stack units
+    np.testing.assert_array_equal(data.heldout_index, loaded.heldout_rows)
+    config = ReconstructConfig.model_validate({"data": {"particles": str(star)}})
+    measure = ParticleMeasure(jnp.asarray(loaded.positions, jnp.float32),
+                              jnp.asarray(loaded.weights, jnp.float32))
+    fresh = image_posteriors(config, build_operator(data, loaded.model, True), data,
+                             loaded.model, measure)
+    assert "full-data" not in fresh.method
+    got = read_star_columns(run / "particles.star", ["rlnCryosipX1", "rlnCryosipXStd1"])
+    train = data.train_index
+    np.testing.assert_allclose(got["rlnCryosipX1"][train], fresh.x_mean[train, 0], atol=1e-4)
+    np.testing.assert_allclose(got["rlnCryosipXStd1"][train], fresh.x_std[train, 0],
+                               atol=1e-3)
+
+
 def test_evaluate_reports_per_image_correlations(made, capsys):
     star, run, truth = made
     assert main(["evaluate", "--run", str(run), "--truth", str(truth), "--no-heldout"]) == 0

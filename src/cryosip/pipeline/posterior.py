@@ -29,8 +29,10 @@ Every image of the particle file is scored (held-out ones too: they are images o
 data set; :data:`HELDOUT_COLUMN` says which), in blocks of :data:`BLOCK` images read in file
 order and padded to one shape (one compilation): memory holds one block of images, never
 the data set. Known poses cost one pass of the likelihood over the N images and M particles,
-about what ``N / batch_size`` flow steps spend on their forward pass; unknown poses one
-pass of the pose grid (``M x R`` templates rendered per block of images).
+about what ``N / batch_size`` flow steps spend on their forward pass, or, when the
+full-data weights phase ran (:mod:`cryosip.flows.refine`), over the held-out images only:
+the training images' likelihood is the one that phase computed; unknown poses one pass of
+the pose grid (``M x R`` templates rendered per block of images).
 
 ``RUN/particles.star`` (:func:`write_particles_star`, written atomically by
 :func:`cryosip.io.annotate.annotate_particles`): the input's rows and blocks as they were,
@@ -41,6 +43,7 @@ plus ``rlnCryosipX1..d`` (posterior mean), ``rlnCryosipXStd1..d`` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -151,19 +154,45 @@ def _block(data: PreparedData, rows: np.ndarray, band: bool, size: int) -> Obser
     return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), obs)
 
 
-def _known_pose_probs(op, data: PreparedData, positions, weights, block: int) -> np.ndarray:
-    """``p(j | y_n) [n_images, M]`` with each image's own pose (module docstring)."""
+def _known_pose_moments(op, data: PreparedData, model, positions, weights, refinement=None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd of ``x`` for every image with its own pose (module docstring),
+    :data:`BLOCK` images at a time: memory holds ``[BLOCK, M]`` probabilities, never ``[N, M]``.
+
+    With ``refinement`` (:class:`cryosip.flows.refine.Refinement`: the full-data phase's
+    likelihood of the training images, ``data.train_index`` order, against these
+    ``positions``) the training rows are read from it, ``p(j | y_n) ~ w_j p[n, j]``, instead
+    of computed again; the held-out rows (and any row whose stored likelihoods all flushed
+    to 0 under these weights) go through ``op``.
+    """
+    n, dim = len(data.stack), positions.shape[1]
+    mean, std = np.empty((n, dim)), np.empty((n, dim))
+    moments = functools.partial(posterior_moments, positions=positions, lower=model.lower,
+                                upper=model.upper, periodic=model.periodic)
+    todo = np.ones(n, bool)
+    if refinement is not None:
+        stored = refinement.likelihood.p
+        train = np.asarray(data.train_index)
+        if stored.shape != (len(train), len(positions)):
+            raise ValueError(f"the full-data likelihood is {stored.shape}, expected "
+                             f"({len(train)}, {len(positions)}) (training images, particles)")
+        w = np.asarray(weights, np.float64)
+        for s in range(0, len(train), 1 << 14):
+            probs = stored[s:s + (1 << 14)] * w
+            fine = probs.sum(axis=1) > 0
+            rows = train[s:s + (1 << 14)][fine]
+            mean[rows], std[rows] = moments(probs[fine])
+            todo[rows] = False
     band = isinstance(op, FourierOperator)
     xs = jnp.asarray(positions, jnp.float32)
     log_w = jnp.log(jnp.asarray(weights, jnp.float32))
-    n = len(data.stack)
-    size = min(block, n)
-    parts = []
-    for start in range(0, n, size):
-        rows = np.arange(start, min(start + size, n))
-        probs = _known_probs(op, _block(data, rows, band, size), xs, log_w)
-        parts.append(np.asarray(probs)[:len(rows)])
-    return np.concatenate(parts)
+    rest = np.flatnonzero(todo)
+    size = min(BLOCK, max(len(rest), 1))
+    for s in range(0, len(rest), size):
+        rows = rest[s:s + size]
+        probs = np.asarray(_known_probs(op, _block(data, rows, band, size), xs, log_w))
+        mean[rows], std[rows] = moments(probs[:len(rows)])
+    return mean, std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +209,9 @@ class _BandRows:
         return self.data.band_source(rows).take(np.arange(len(rows)))
 
 
-def image_posteriors(config, operator, data: PreparedData, model, measure: ParticleMeasure,
-                     grid: dict | None = None) -> ImagePosterior:
+def image_posteriors(config, operator, data: PreparedData, model,  # noqa: PLR0913
+                     measure: ParticleMeasure, grid: dict | None = None,
+                     refinement=None) -> ImagePosterior:
     """:class:`ImagePosterior` of every image of ``data`` under the recovered ``measure``
     (``positions [M, dim]``, ``weights [M]``) of ``model`` (module docstring).
 
@@ -190,15 +220,18 @@ def image_posteriors(config, operator, data: PreparedData, model, measure: Parti
     likelihood :data:`BLOCK` images at a time, unknown poses through the pose grid
     ``BLOCK // 4`` at a time on the flow's pose grid
     (:func:`cryosip.pipeline.reconstruct.pose_grid_settings`), whose fields ``grid``
-    overrides (those of :class:`~cryosip.forward.poses.GridSettings`).
+    overrides (those of :class:`~cryosip.forward.poses.GridSettings`). With known poses, a
+    ``refinement`` of this measure (``FlowResult.refinement``) gives the training images'
+    likelihood, so only the held-out images are scored again.
     """
     t0 = time.perf_counter()
     positions, weights = measure.to_numpy()
     rotations = shifts = None
     if config.data.poses == "known":
         op = posterior_operator(config, operator, data)
-        probs = _known_pose_probs(op, data, positions, weights, BLOCK)
-        method = "likelihood, known poses"
+        mean, std = _known_pose_moments(op, data, model, positions, weights, refinement)
+        method = "likelihood, known poses" + (
+            " (training images: the full-data phase's likelihood)" if refinement else "")
     else:
         from cryosip.pipeline.reconstruct import pose_grid_settings
 
@@ -206,9 +239,10 @@ def image_posteriors(config, operator, data: PreparedData, model, measure: Parti
         settings = dataclasses.replace(pose_grid_settings(config, band_op), **(grid or {}))
         post = pose_posteriors(band_op, positions, weights, _BandRows(data),
                                block=BLOCK // 4, **dataclasses.asdict(settings))
-        probs, rotations, shifts = post.particle_probs, post.rotations, post.shifts_angstrom
+        rotations, shifts = post.rotations, post.shifts_angstrom
+        mean, std = posterior_moments(post.particle_probs, positions, model.lower, model.upper,
+                                      model.periodic)
         method = f"pose and shift integrated out on a grid ({settings})"
-    mean, std = posterior_moments(probs, positions, model.lower, model.upper, model.periodic)
     heldout = np.zeros(len(data.stack), bool)
     heldout[np.asarray(data.heldout_index, int)] = True
     return ImagePosterior(mean, std, heldout, method, time.perf_counter() - t0, rotations,

@@ -111,7 +111,7 @@ def run_reconstruction(config: ReconstructConfig, out_dir: str | Path, *, resume
     write_run_folder(out_dir, config, result.data, result.model, method=method,
                      prior=None if known else result.operator.prior)
     posterior = image_posteriors(config, result.operator, result.data, result.model,
-                                 result.flow.measure)
+                                 result.flow.measure, refinement=result.flow.refinement)
     write_particles_star(out_dir / "particles.star", result.data, posterior)
     summary = {**summarise(result), **bootstrap_record(result.bootstrap),
                "per_image": posterior.record()}
