@@ -3,7 +3,9 @@
 Issue 13, items 1-2. Data: `cryosip simulate` of ``examples/adk_bimodal.yaml`` (AdK path,
 bimodal truth 0.6 N(0.2, 0.08) + 0.4 N(0.8, 0.08)), box 64, shifts with std 2 Å, per-image
 defocus in [10000, 25000] Å, at each ``--snr``. Two runs of ``reconstruct`` (KL, flow box
-32) on the same images, one after the other in one process:
+32, ``reconstruct``'s defaults otherwise: 64 particles, 100 steps, the full-data weights phase,
+the weight bootstrap) on the same images, one after the other in one process, each as the
+command line runs it (``run_reconstruction``: outputs and per-image posteriors included):
 
 * ``known``: the STAR as written (angles, origins, CTF);
 * ``unknown``: the same STAR with ``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/YAngst``
@@ -12,8 +14,9 @@ defocus in [10000, 25000] Å, at each ``--snr``. Two runs of ``reconstruct`` (KL
   ``--shift-std-angstrom 2``).
 
 W1 (``scipy.stats.wasserstein_distance``) of each measure against the true ``x`` of the
-training images, the uniform start's W1, and the wall time of ``reconstruct`` (data
-preparation included) and of its flow.
+training images (and of the flow's measure before the full-data phase), the uniform
+start's W1, and the wall time of the whole command, of ``reconstruct`` (data preparation,
+flow, full-data phase, bootstrap), of the flow's parts and of the per-image posteriors.
 
     nice -n 10 .venv/bin/python benchmarks/unknown_poses.py --n-images 10000
     # JSON to benchmarks/results/unknown_poses.json (--out to change)
@@ -32,8 +35,9 @@ import yaml
 from scipy import stats
 
 from cryosip.datasets import parse_simulate_config, simulate_dataset
-from cryosip.pipeline.config import ReconstructConfig
-from cryosip.pipeline.reconstruct import initial_measure, reconstruct
+from cryosip.pipeline.config import ReconstructConfig, SolverSection
+from cryosip.pipeline.reconstruct import initial_measure
+from cryosip.pipeline.run import run_reconstruction
 from cryosip.structures.factory import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +61,18 @@ def simulate(n_images: int, snr: float, shift_std: float, seed: int, cache: Path
 
 
 def config(args, star: Path, poses: str) -> ReconstructConfig:
+    """``reconstruct``'s defaults but for the data's own settings; ``--steps``,
+    ``--n-particles``, ``--batch-size``, ``--bootstrap`` override them when given."""
+    loop = {"progress": False, **({"steps": args.steps} if args.steps else {}),
+            **({"batch_size": args.batch_size} if args.batch_size else {})}
     return ReconstructConfig.model_validate({
         "data": {"particles": str(star), "poses": poses, "flow_box": 32,
                  "shift_std_angstrom": args.shift_std},
         "model": "adk-path", "seed": args.seed,
         "objective": {"kind": "kl", "pose_level": args.pose_level,
                       "pose_refine_top": args.refine_top},
-        "solver": {"n_particles": args.n_particles},
-        "loop": {"steps": args.steps, "batch_size": args.batch_size, "progress": False},
-        "uncertainty": {"bootstrap": 0},
+        "solver": {"n_particles": args.n_particles}, "loop": loop,
+        "uncertainty": {"bootstrap": args.bootstrap},
     })
 
 
@@ -75,17 +82,25 @@ def w1(positions, weights, truth_x) -> float:
 
 
 def run(args, star: Path, poses: str, out: Path, truth_all: np.ndarray) -> dict:
+    """One ``cryosip reconstruct`` as the command line runs it (outputs, bootstrap and
+    per-image posteriors included), timed as a whole and by part."""
     t0 = time.perf_counter()
-    result = reconstruct(config(args, star, poses), out)
+    result, summary = run_reconstruction(config(args, star, poses), out)
     wall = time.perf_counter() - t0
     truth_x = truth_all[result.data.train_index]
     positions, weights = result.flow.measure.to_numpy()
     hist = {int(k): w1(p, w, truth_x) for k, p, w in zip(
         result.flow.steps_history, result.flow.positions_history, result.flow.weights_history,
         strict=True)}
-    return {"w1": w1(positions, weights, truth_x), "wall_s": wall,
+    return {"w1": w1(positions, weights, truth_x), "w1_flow_end": hist[max(hist)],
+            "wall_s": wall, "reconstruct_s": result.wall_time_s,
+            "flow_timings": {k: float(v) for k, v in result.flow.timings.items()},
+            "per_image_s": summary["per_image"]["wall_time_s"],
+            "per_image_method": summary["per_image"]["method"],
+            "refinement": summary.get("refinement"),
             "steps": int(result.flow.n_steps), "status": str(result.flow.status),
-            "w1_history": hist, "positions": np.asarray(positions)[:, 0].tolist(),
+            "n_particles": len(weights), "w1_history": hist,
+            "positions": np.asarray(positions)[:, 0].tolist(),
             "weights": np.asarray(weights).tolist()}
 
 
@@ -94,9 +109,10 @@ def main(argv=None) -> int:
     p.add_argument("--n-images", type=int, default=10000)
     p.add_argument("--snr", type=float, nargs="+", default=[0.1, 0.03])
     p.add_argument("--shift-std", type=float, default=2.0)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--n-particles", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=None, help="default: reconstruct's")
+    p.add_argument("--n-particles", type=int, default=None, help="default: reconstruct's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: reconstruct's")
+    p.add_argument("--bootstrap", type=int, default=None, help="default: reconstruct's")
     p.add_argument("--pose-level", type=int, default=4)
     p.add_argument("--refine-top", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -111,14 +127,16 @@ def main(argv=None) -> int:
     for snr in args.snr:
         data_dir = simulate(args.n_images, snr, args.shift_std, args.seed, args.cache)
         truth_all = np.asarray(np.load(data_dir / "truth.npz")["x"])[:, 0]
-        start = initial_measure(model, args.n_particles, args.seed).to_numpy()
+        n_start = SolverSection(n_particles=args.n_particles).particles_for(model.dim)
+        start = initial_measure(model, n_start, args.seed).to_numpy()
         rows = {"uniform": {"w1": w1(*start, truth_all)}}
         for name in filter(None, args.rows.split(",")):
             star = data_dir / ("particles.star" if name == "known" else "noposes.star")
             out = args.cache / f"run_{name}_snr{snr}_n{args.n_images}_{time.time_ns()}"
             rows[name] = run(args, star, name, out, truth_all)
-            print(snr, name, {k: v for k, v in rows[name].items() if k in ("w1", "wall_s")},
-                  flush=True)
+            print(snr, name, {k: v for k, v in rows[name].items()
+                              if k in ("w1", "w1_flow_end", "wall_s", "per_image_s")},
+                  flow_timings=rows[name]["flow_timings"], flush=True)
         if "known" in rows and "unknown" in rows:
             rows["time_ratio"] = rows["unknown"]["wall_s"] / rows["known"]["wall_s"]
         result["snr"][str(snr)] = rows
