@@ -24,9 +24,9 @@ processes; skipped with a message when that script is absent); ``--part all`` ru
 
 ``--part w1``: does more data give a smaller error under the defaults? For each N of
 ``--sizes`` (e.g. ``10000 100000``): ``cryosip simulate`` of the same AdK path at SNR
-``--snr`` (default 0.01), ``cryosip reconstruct`` with every default (300 steps and the
-full-data weights phase), ``cryosip evaluate``: W1 to the truth, its finite-sample floor,
-wall times. Writes ``benchmarks/results/scaling_w1.json``.
+``--snr`` (default 0.01), ``cryosip reconstruct`` with every default (100 steps, 64
+particles, the full-data weights phase), ``cryosip evaluate``: W1 to the truth, its
+finite-sample floor, wall times. Writes ``benchmarks/results/scaling_w1.json``.
 
 Run: ``.venv/bin/python benchmarks/scaling.py [--sizes 10000 100000 1000000] [--steps 20]``;
 ``--quick`` is ``--sizes 1000 10000`` (CI / a quick check). Writes

@@ -3,9 +3,10 @@
 Issue 13, items 1-2. Data: `cryosip simulate` of ``examples/adk_bimodal.yaml`` (AdK path,
 bimodal truth 0.6 N(0.2, 0.08) + 0.4 N(0.8, 0.08)), box 64, shifts with std 2 Å, per-image
 defocus in [10000, 25000] Å, at each ``--snr``. Two runs of ``reconstruct`` (KL, flow box
-32, ``reconstruct``'s defaults otherwise: 64 particles, 100 steps, the full-data weights phase,
-the weight bootstrap) on the same images, one after the other in one process, each as the
-command line runs it (``run_reconstruction``: outputs and per-image posteriors included):
+32, ``reconstruct``'s defaults otherwise: the residue-bead model, 64 particles, 100 steps,
+the full-data weights phase, the weight bootstrap) on the same images, one after the other
+in one process, each as the command line runs it (``run_reconstruction``: outputs and
+per-image posteriors included):
 
 * ``known``: the STAR as written (angles, origins, CTF);
 * ``unknown``: the same STAR with ``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/YAngst``
@@ -68,9 +69,10 @@ def config(args, star: Path, poses: str) -> ReconstructConfig:
     return ReconstructConfig.model_validate({
         "data": {"particles": str(star), "poses": poses, "flow_box": 32,
                  "shift_std_angstrom": args.shift_std},
-        "model": "adk-path", "seed": args.seed,
+        "model": {"name": "adk-path", "coarse": "residue"}, "seed": args.seed,
         "objective": {"kind": "kl", "pose_level": args.pose_level,
-                      "pose_refine_top": args.refine_top},
+                      "pose_refine_top": args.refine_top,
+                      "weights_pose_level": args.weights_level},
         "solver": {"n_particles": args.n_particles}, "loop": loop,
         "uncertainty": {"bootstrap": args.bootstrap},
     })
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--bootstrap", type=int, default=None, help="default: reconstruct's")
     p.add_argument("--pose-level", type=int, default=4)
     p.add_argument("--refine-top", type=int, default=0)
+    p.add_argument("--weights-level", type=int, default=None,
+                   help="the full-data phase's pose level (default: reconstruct's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", default="known,unknown")
     p.add_argument("--cache", type=Path, default=Path("/tmp/cryosip-unknown-poses"))
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     result = {"command": "benchmarks/unknown_poses.py", "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "snr": {}}
-    model = load_model("adk-path")
+    model = load_model({"name": "adk-path", "coarse": "residue"})
     for snr in args.snr:
         data_dir = simulate(args.n_images, snr, args.shift_std, args.seed, args.cache)
         truth_all = np.asarray(np.load(data_dir / "truth.npz")["x"])[:, 0]
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
             rows[name] = run(args, star, name, out, truth_all)
             print(snr, name, {k: v for k, v in rows[name].items()
                               if k in ("w1", "w1_flow_end", "wall_s", "per_image_s")},
-                  flow_timings=rows[name]["flow_timings"], flush=True)
+                  rows[name]["flow_timings"], flush=True)
         if "known" in rows and "unknown" in rows:
             rows["time_ratio"] = rows["unknown"]["wall_s"] / rows["known"]["wall_s"]
         result["snr"][str(snr)] = rows

@@ -101,6 +101,33 @@ def test_grid_likelihood_equals_brute_force_quadrature(x64):
     assert np.abs(diff_want).min() > 10.0  # the particles are told apart
 
 
+def test_full_data_rows_in_particle_chunks_equal_brute_force_quadrature(x64, monkeypatch):
+    """The full-data phase's rows (PoseMarginalRows through likelihood_rows): one particle
+    per chunk and blocks of 2 images, so templates are reused across blocks and rendered
+    again per chunk; against the real-space quadrature written above."""
+    import cryosip.forward.poses as poses
+    from cryosip.flows.refine import likelihood_rows
+
+    op, fop, w, ys, bands = _data(sigma=0.3)
+    xs = np.array([[0.2], [0.5], [0.8]])
+    settings = GridSettings(level=2, shift_std_angstrom=4.0, shift_spacing_angstrom=PIXEL)
+    rows_fn = poses.pose_marginal_block(fop, settings)
+    assert isinstance(rows_fn, poses.PoseMarginalRows)
+    monkeypatch.setattr(poses, "TEMPLATE_BYTES", 1)
+    assert rows_fn.particle_chunk(3, block=2) == 1
+    renders = []
+    render = rows_fn._render
+    rows_fn._render = lambda *a: renders.append(1) or render(*a)
+    obs = Observations(bands, w)
+    got = likelihood_rows(rows_fn, xs, obs, np.arange(3), block=2)
+    assert len(renders) == 3  # once per particle chunk, not once per block
+    grid = PoseGrid.build(2, 4.0, PIXEL, jnp.float64)
+    brute = _brute_force(op, w, ys, xs, grid)
+    logq = np.asarray(grid.log_q_shift)[:, None] + np.asarray(grid.log_q_rot)[None]
+    want = _logsumexp((brute + logq).reshape(*brute.shape[:2], -1), -1)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
 def test_rotation_grid_is_a_quadrature_for_the_haar_measure():
     """E[tr R] = 0, E[tr^2 R] = 1, E[R_ij R_kl] = delta_ik delta_jl / 3 (Haar); the cells'
     volumes sum to pi^2 (S^3 / +-1); 8 children per cell, each fine cell once."""

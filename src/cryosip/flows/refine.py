@@ -185,15 +185,21 @@ def _pad(tree, size: int):
 def likelihood_rows(loglik_block: Callable, positions, source, rows: np.ndarray,
                     block: int = BLOCK, progress: bool = False) -> np.ndarray:
     """``[len(rows), M]`` float32: ``loglik_block(batch, positions)`` over ``source.take``
-    of ``rows`` in padded blocks of ``block`` images."""
+    of ``rows`` in padded blocks of ``block`` images. A ``loglik_block`` with a
+    ``particle_chunk(M, block)`` method (:class:`cryosip.forward.poses.PoseMarginalRows`)
+    gets the particles that many at a time, every block for one chunk before the next."""
     xs = jnp.asarray(positions)
-    out = np.empty((len(rows), xs.shape[0]), np.float32)
-    starts = range(0, len(rows), block)
-    for s in tqdm(starts, desc="full-data likelihood", unit="block", leave=False,
-                  disable=not (progress and distributed.is_main())):
+    n_m = xs.shape[0]
+    chunk = getattr(loglik_block, "particle_chunk", None)
+    chunk = n_m if chunk is None else chunk(n_m, block)
+    out = np.empty((len(rows), n_m), np.float32)
+    jobs = [(c, s) for c in range(0, n_m, chunk) for s in range(0, len(rows), block)]
+    for c, s in tqdm(jobs, desc="full-data likelihood", unit="block", leave=False,
+                     disable=not (progress and distributed.is_main())):
         part = rows[s:s + block]
         batch = _pad(source.take(part), block)
-        out[s:s + len(part)] = np.asarray(loglik_block(batch, xs))[: len(part)]
+        out[s:s + len(part), c:c + chunk] = np.asarray(
+            loglik_block(batch, xs[c:c + chunk]))[: len(part)]
     return out
 
 

@@ -63,7 +63,8 @@ from cryosip.forward.fourier import FourierOperator
 from cryosip.forward.image_model import _chunked_map
 
 __all__ = ["GridSettings", "ImagePosteriors", "PoseGrid", "PoseMarginalKL", "Search", "children",
-           "grid_log_likelihood", "image_posteriors", "log_marginal", "pose_marginal_block",
+           "PoseMarginalRows", "grid_log_likelihood", "image_posteriors", "log_marginal",
+           "pose_marginal_block",
            "search", "shift_grid", "so3_grid", "so3_spacing_deg", "so3_volume", "templates"]
 
 
@@ -393,7 +394,60 @@ class PoseMarginalKL(eqx.Module):
 def pose_marginal_block(operator: FourierOperator, settings: GridSettings):
     """``(batch, xs) -> [b, M]`` log-likelihoods with pose and shift integrated out, the
     block function of the full-data weights phase
-    (:func:`cryosip.flows.refine.refine_weights`) for unknown poses."""
+    (:func:`cryosip.flows.refine.refine_weights`) for unknown poses: a
+    :class:`PoseMarginalRows` on the whole grid of ``settings.level`` (no ``top_k``
+    refinement), else :func:`log_marginal` with it."""
+    if settings.top_k <= 0:
+        return PoseMarginalRows(operator, settings)
     grid = eqx.filter_jit(lambda op, ys, xs, w: log_marginal(
         op, ys, w, xs, jnp.zeros(xs.shape[0], ys.dtype), settings))
     return lambda batch, xs: grid(operator, batch.values, jnp.asarray(xs), batch.nuisance)
+
+
+TEMPLATE_BYTES = 96 << 20
+"""Budget of one particle chunk of :class:`PoseMarginalRows`: its templates, and the
+log-likelihood table of a block of 256 images against them."""
+
+
+class PoseMarginalRows:
+    """``log p(y_n | x_j)`` on the full grid of one level, for many blocks of images
+    against the same particles: ``(batch, xs) -> [b, m]``.
+
+    The templates of ``xs`` (``m R`` renders) are kept between calls with the same ``xs``,
+    so a pass over N images renders each particle's templates once, not once per block.
+    :func:`cryosip.flows.refine.likelihood_rows` passes the particles in chunks of
+    :meth:`particle_chunk` (all images for one chunk, then the next), which bounds the
+    templates' memory whatever the level and the number of particles. The values are
+    :func:`log_marginal`'s with ``top_k = 0``.
+    """
+
+    def __init__(self, operator: FourierOperator, settings: GridSettings):
+        self.operator = operator
+        self.grid = PoseGrid.build(settings.level, settings.shift_std_angstrom,
+                                   _spacing(operator, settings))
+        self._key: bytes | None = None
+        self._templates = None
+        self._render = eqx.filter_jit(templates)
+        self._score = eqx.filter_jit(_marginal_from_templates)
+
+    def particle_chunk(self, n_particles: int, block: int = 256) -> int:
+        """Particles per chunk: templates and a block's table within :data:`TEMPLATE_BYTES`."""
+        n_rot, n_shift = self.grid.matrices.shape[0], self.grid.shifts_angstrom.shape[0]
+        floats = 2 * math.prod(self.operator.band.shape)  # a template: [half, re/im, j_y, j_x]
+        per = 4 * n_rot * max(floats, block * n_shift)
+        return int(max(1, min(n_particles, TEMPLATE_BYTES // per)))
+
+    def __call__(self, batch, xs) -> Float[Array, "b m"]:
+        xs = np.asarray(xs, np.float32)
+        if xs.tobytes() != self._key:
+            self._templates = self._render(self.operator, jnp.asarray(xs), self.grid.matrices)
+            self._key = xs.tobytes()
+        return self._score(self.operator, batch.values, batch.nuisance, self._templates,
+                           self.grid)
+
+
+def _marginal_from_templates(operator, values, nuisance, p, grid: PoseGrid):
+    z, c2, y2 = _data_terms(operator, values, nuisance, grid.shifts_angstrom)
+    ll = _table(z, c2, y2, p, _const(operator))  # (B, m, T, R)
+    log_q = grid.log_q_shift[:, None] + grid.log_q_rot[None]
+    return jax.nn.logsumexp(ll + log_q[None, None], axis=(2, 3))

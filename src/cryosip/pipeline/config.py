@@ -91,13 +91,18 @@ class KLSection(_Section):
     (:mod:`cryosip.forward.poses`): rotations of level ``pose_level`` (``4 n^3``; 4: 256
     rotations 36 degrees apart, a KL step ~3x the known-pose one's CPU time at box 32),
     each image's ``pose_refine_top`` best refined to level ``2n`` (0: none), shifts
-    ``~ N(0, data.shift_std_angstrom^2)``. ``n_draws`` is not used
-    by KL (kept for configs written for the importance-sampling marginal it replaced)."""
+    ``~ N(0, data.shift_std_angstrom^2)``. The full-data weights phase and the per-image
+    posteriors integrate on the whole grid of level ``weights_pose_level`` (``None``:
+    ``2 pose_level``, 2048 rotations 17 degrees apart at the default): they run once, so
+    they can afford the grid that the flow's steps cannot (the level-4 grid's quadrature
+    error biased the weights: ``docs/tutorial.md``). ``n_draws`` is not used by KL (kept
+    for configs written for the importance-sampling marginal it replaced)."""
 
     kind: Literal["kl"] = "kl"
     n_draws: int = Field(256, ge=1)
     pose_level: int = Field(4, ge=1)
     pose_refine_top: int = Field(0, ge=0)
+    weights_pose_level: int | None = Field(None, ge=1)
 
 
 class MMDSection(_Section):

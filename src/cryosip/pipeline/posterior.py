@@ -52,7 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryosip.flows.refine import likelihood_rows
 from cryosip.forward.fourier import FourierOperator
+from cryosip.forward.poses import PoseMarginalRows
 from cryosip.forward.poses import image_posteriors as pose_posteriors
 from cryosip.io.annotate import annotate_particles, relion_pose_columns
 from cryosip.measures import ParticleMeasure
@@ -154,22 +156,23 @@ def _block(data: PreparedData, rows: np.ndarray, band: bool, size: int) -> Obser
     return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), obs)
 
 
-def _known_pose_moments(op, data: PreparedData, model, positions, weights, refinement=None
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and sd of ``x`` for every image with its own pose (module docstring),
-    :data:`BLOCK` images at a time: memory holds ``[BLOCK, M]`` probabilities, never ``[N, M]``.
+def _moments(data: PreparedData, model, positions, weights, probs_of, refinement=None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd of ``x`` for every image (module docstring), a group of rows
+    at a time: memory holds one group's ``[rows, M]`` probabilities, never ``[N, M]``.
 
     With ``refinement`` (:class:`cryosip.flows.refine.Refinement`: the full-data phase's
     likelihood of the training images, ``data.train_index`` order, against these
     ``positions``) the training rows are read from it, ``p(j | y_n) ~ w_j p[n, j]``, instead
     of computed again; the held-out rows (and any row whose stored likelihoods all flushed
-    to 0 under these weights) go through ``op``.
+    to 0 under these weights) go through ``probs_of(rows) -> [len(rows), M]``.
     """
     n, dim = len(data.stack), positions.shape[1]
     mean, std = np.empty((n, dim)), np.empty((n, dim))
     moments = functools.partial(posterior_moments, positions=positions, lower=model.lower,
                                 upper=model.upper, periodic=model.periodic)
     todo = np.ones(n, bool)
+    group = 1 << 14
     if refinement is not None:
         stored = refinement.likelihood.p
         train = np.asarray(data.train_index)
@@ -177,22 +180,48 @@ def _known_pose_moments(op, data: PreparedData, model, positions, weights, refin
             raise ValueError(f"the full-data likelihood is {stored.shape}, expected "
                              f"({len(train)}, {len(positions)}) (training images, particles)")
         w = np.asarray(weights, np.float64)
-        for s in range(0, len(train), 1 << 14):
-            probs = stored[s:s + (1 << 14)] * w
+        for s in range(0, len(train), group):
+            probs = stored[s:s + group] * w
             fine = probs.sum(axis=1) > 0
-            rows = train[s:s + (1 << 14)][fine]
+            rows = train[s:s + group][fine]
             mean[rows], std[rows] = moments(probs[fine])
             todo[rows] = False
+    rest = np.flatnonzero(todo)
+    for s in range(0, len(rest), group):
+        rows = rest[s:s + group]
+        mean[rows], std[rows] = moments(probs_of(rows))
+    return mean, std
+
+
+def _known_pose_probs(op, data: PreparedData, positions, weights):
+    """``rows -> p(j | y_n) [len(rows), M]`` with each image's own pose, :data:`BLOCK` images
+    at a time through ``op``."""
     band = isinstance(op, FourierOperator)
     xs = jnp.asarray(positions, jnp.float32)
     log_w = jnp.log(jnp.asarray(weights, jnp.float32))
-    rest = np.flatnonzero(todo)
-    size = min(BLOCK, max(len(rest), 1))
-    for s in range(0, len(rest), size):
-        rows = rest[s:s + size]
-        probs = np.asarray(_known_probs(op, _block(data, rows, band, size), xs, log_w))
-        mean[rows], std[rows] = moments(probs[:len(rows)])
-    return mean, std
+
+    def probs_of(rows: np.ndarray) -> np.ndarray:
+        size = min(BLOCK, len(rows))
+        return np.concatenate([
+            np.asarray(_known_probs(op, _block(data, rows[s:s + size], band, size), xs,
+                                    log_w))[:len(rows[s:s + size])]
+            for s in range(0, len(rows), size)])
+    return probs_of
+
+
+def _unknown_pose_probs(band_op, data: PreparedData, positions, weights, settings):
+    """``rows -> p(j | y_n) [len(rows), M]`` with pose and shift integrated out on the whole
+    grid of ``settings`` (:class:`cryosip.forward.poses.PoseMarginalRows`, the full-data
+    phase's block function)."""
+    block = PoseMarginalRows(band_op, settings)
+    log_w = np.log(np.maximum(np.asarray(weights, np.float64), 1e-300))
+
+    def probs_of(rows: np.ndarray) -> np.ndarray:
+        ll = likelihood_rows(block, positions, _BandRows(data), rows, block=BLOCK)
+        z = ll + log_w
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+    return probs_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,32 +246,36 @@ def image_posteriors(config, operator, data: PreparedData, model,  # noqa: PLR09
 
     ``operator`` is the run's real-space operator (``ReconstructResult.operator``); the
     flow's own (:func:`posterior_operator`) is built from it. Known poses go through the
-    likelihood :data:`BLOCK` images at a time, unknown poses through the pose grid
-    ``BLOCK // 4`` at a time on the flow's pose grid
-    (:func:`cryosip.pipeline.reconstruct.pose_grid_settings`), whose fields ``grid``
-    overrides (those of :class:`~cryosip.forward.poses.GridSettings`). With known poses, a
-    ``refinement`` of this measure (``FlowResult.refinement``) gives the training images'
-    likelihood, so only the held-out images are scored again.
+    likelihood :data:`BLOCK` images at a time. Unknown poses: ``p(j | y_n)`` on the whole
+    grid of the full-data phase
+    (:func:`cryosip.pipeline.reconstruct.weights_grid_settings`), the maximum-a-posteriori
+    pose on the flow's grid (:func:`cryosip.pipeline.reconstruct.pose_grid_settings`,
+    ``BLOCK // 4`` images at a time); ``grid`` overrides fields of both
+    (:class:`~cryosip.forward.poses.GridSettings`). A ``refinement`` of this measure
+    (``FlowResult.refinement``) gives the training images' likelihood, so only the
+    held-out images are scored again.
     """
     t0 = time.perf_counter()
     positions, weights = measure.to_numpy()
     rotations = shifts = None
+    reused = " (training images: the full-data phase's likelihood)" if refinement else ""
     if config.data.poses == "known":
         op = posterior_operator(config, operator, data)
-        mean, std = _known_pose_moments(op, data, model, positions, weights, refinement)
-        method = "likelihood, known poses" + (
-            " (training images: the full-data phase's likelihood)" if refinement else "")
+        probs_of = _known_pose_probs(op, data, positions, weights)
+        method = "likelihood, known poses" + reused
     else:
-        from cryosip.pipeline.reconstruct import pose_grid_settings
+        from cryosip.pipeline.reconstruct import pose_grid_settings, weights_grid_settings
 
         band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
         settings = dataclasses.replace(pose_grid_settings(config, band_op), **(grid or {}))
+        fine = dataclasses.replace(weights_grid_settings(config, band_op), **(grid or {}))
+        probs_of = _unknown_pose_probs(band_op, data, positions, weights, fine)
         post = pose_posteriors(band_op, positions, weights, _BandRows(data),
                                block=BLOCK // 4, **dataclasses.asdict(settings))
         rotations, shifts = post.rotations, post.shifts_angstrom
-        mean, std = posterior_moments(post.particle_probs, positions, model.lower, model.upper,
-                                      model.periodic)
-        method = f"pose and shift integrated out on a grid ({settings})"
+        method = (f"pose and shift integrated out on the whole grid ({fine}){reused}; "
+                  f"maximum-a-posteriori poses on the flow's grid ({settings})")
+    mean, std = _moments(data, model, positions, weights, probs_of, refinement)
     heldout = np.zeros(len(data.stack), bool)
     heldout[np.asarray(data.heldout_index, int)] = True
     return ImagePosterior(mean, std, heldout, method, time.perf_counter() - t0, rotations,

@@ -59,7 +59,8 @@ from cryosip.structures.factory import load_model
 from cryosip.structures.translated import TranslatedModel
 
 __all__ = ["ReconstructResult", "build_operator", "fit_flow", "flow_inputs", "initial_measure",
-           "pose_grid_settings", "reconstruct", "refine_flow", "uses_band"]
+           "pose_grid_settings", "reconstruct", "refine_flow", "uses_band",
+           "weights_grid_settings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +183,15 @@ def pose_grid_settings(config: ReconstructConfig, operator) -> GridSettings:
                         top_k=getattr(section, "pose_refine_top", 0), shift_std_angstrom=std)
 
 
+def weights_grid_settings(config: ReconstructConfig, operator) -> GridSettings:
+    """The pose grid of the full-data weights phase and the per-image posteriors (unknown
+    poses): the whole grid of ``objective.weights_pose_level`` (default twice the flow's
+    level), no per-image refinement."""
+    flow = pose_grid_settings(config, operator)
+    level = getattr(config.objective, "weights_pose_level", None) or 2 * flow.level
+    return dataclasses.replace(flow, level=level, top_k=0)
+
+
 def _feature_scale(operator, phi, seed: int, n: int = 256) -> float:
     """Median distance between features of noisy prior simulations (median heuristic)."""
     key = jax_key(seed, "bandwidth")
@@ -232,7 +242,7 @@ def refine_flow(config: ReconstructConfig, operator, observations, flow: FlowRes
         return flow
     positions, weights = flow.measure.to_numpy()
     block = (known_pose_block(operator) if known else  # unknown: pose grid (forward.poses)
-             pose_marginal_block(operator, pose_grid_settings(config, operator)))
+             pose_marginal_block(operator, weights_grid_settings(config, operator)))
     refined = refine_weights(block, positions, weights, observations,
                              progress=config.loop.progress)
     measure = ParticleMeasure(jnp.asarray(positions), jnp.asarray(refined.weights))
