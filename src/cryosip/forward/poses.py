@@ -346,7 +346,17 @@ def image_posteriors(operator: FourierOperator, positions, weights, observations
     settings = GridSettings(**grid_settings)
     xs = jnp.asarray(positions, jnp.float32)
     log_w = jnp.log(jnp.asarray(weights, jnp.float32))
-    run = eqx.filter_jit(lambda op, v, w: _posteriors(op, v, w, xs, log_w, settings))
+    grid = PoseGrid.build(settings.level, settings.shift_std_angstrom,
+                          _spacing(operator, settings))
+    floats = 2 * math.prod(operator.band.shape)
+    if settings.top_k <= 0 and 4 * floats * xs.shape[0] * grid.matrices.shape[0] <= \
+            2 * TEMPLATE_BYTES:  # the whole grid: render the templates once for all blocks
+        p = eqx.filter_jit(templates)(operator, xs, grid.matrices)
+        run = eqx.filter_jit(lambda op, v, w: _posteriors_of(
+            _whole_grid(op, v, w, p, grid), log_w))
+    else:
+        run = eqx.filter_jit(lambda op, v, w: _posteriors_of(
+            search(op, v, w, xs, log_w, settings), log_w))
     parts = []
     for start in range(0, len(observations), block):
         batch = observations.take(np.arange(start, min(start + block, len(observations))))
@@ -355,12 +365,22 @@ def image_posteriors(operator: FourierOperator, positions, weights, observations
     return ImagePosteriors(probs, rots, shifts)
 
 
-def _posteriors(operator, values, nuisance, xs, log_w, settings):
-    s = search(operator, values, nuisance, xs, log_w, settings)
+def _whole_grid(operator, values, nuisance, p, grid: PoseGrid) -> Search:
+    """:func:`search` without refinement, from the templates ``p`` of the whole grid."""
+    z, c2, y2 = _data_terms(operator, values, nuisance, grid.shifts_angstrom)
+    n_b = values.shape[0]
+    log_q = grid.log_q_shift[:, None] + grid.log_q_rot[None]
+    return Search(_table(z, c2, y2, p, _const(operator)),
+                  jnp.broadcast_to(log_q, (n_b, *log_q.shape)),
+                  jnp.broadcast_to(grid.matrices, (n_b, *grid.matrices.shape)),
+                  grid.shifts_angstrom)
+
+
+def _posteriors_of(s: Search, log_w):
     joint = s.ll + s.log_q[:, None] + log_w[None, :, None, None]  # (B, M, T, P)
     per_particle = jax.nn.logsumexp(joint, axis=(2, 3))
     probs = jax.nn.softmax(per_particle, axis=1)
-    pose = jax.nn.logsumexp(joint, axis=1).reshape(values.shape[0], -1)  # (B, T P)
+    pose = jax.nn.logsumexp(joint, axis=1).reshape(s.ll.shape[0], -1)  # (B, T P)
     best = jnp.argmax(pose, axis=1)
     n_p = s.ll.shape[-1]
     t, p = best // n_p, best % n_p
