@@ -52,9 +52,17 @@ def test_flags_alone_give_the_documented_defaults():
     assert config == ReconstructConfig.model_validate({"data": {"particles": "p.star"}})
     assert config.model == {"name": "adk-path", "coarse": "residue"}
     assert (config.objective.kind, config.minibatch_size, config.solver.n_particles,
-            config.loop.steps, config.data.flow_box) == ("kl", 128, None, 100, 32)
+            config.loop.steps, config.data.flow_box) == ("kl", 128, None, None, 32)
     # the particle count's rule: 32 * 2^d (64, 128, 256), unless set
     assert [config.solver.particles_for(d) for d in (1, 2, 3)] == [64, 128, 256]
+    # the steps' rule: 1 in 1-D before the full-data phase, else 100, unless set
+    assert [config.flow_steps(d) for d in (1, 2, 3)] == [1, 100, 100]
+    no_phase = ReconstructConfig.model_validate(
+        {"data": {"particles": "p"}, "loop": {"refine_weights": False}})
+    mmd = ReconstructConfig.model_validate({"data": {"particles": "p"},
+                                            "objective": {"kind": "mmd"}})
+    assert no_phase.flow_steps(1) == mmd.flow_steps(1) == 100
+    assert merged_config(_args(["--particles", "p", "--steps", "7"])).flow_steps(1) == 7
     assert merged_config(_args(["--particles", "p", "--flow-box", "0"])).data.flow_box is None
 
 

@@ -278,7 +278,7 @@ def run_bootstrap(config, operator, model, source, measure: ParticleMeasure,  # 
         return BootstrapResult(positions, weights, 0, int(config.seed),
                                time.perf_counter() - t0, bands)
     n = len(source)
-    steps = refit_steps(config.loop.steps)
+    steps = refit_steps(config.flow_steps(model.dim))
     domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
                     tuple(model.periodic))
     objective = _objective(config, operator)

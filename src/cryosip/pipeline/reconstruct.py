@@ -221,7 +221,8 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
     n = len(observations)
     every = config.loop.history_every
     loop = FlowConfig(
-        max_steps=config.loop.steps, batch_size=min(config.minibatch_size, n),
+        max_steps=config.flow_steps(getattr(model, "dim", 1)),
+        batch_size=min(config.minibatch_size, n),
         history_every=every,
         checkpoint_every=max(every, config.loop.checkpoint_every // every * every),
         progress=config.loop.progress,
