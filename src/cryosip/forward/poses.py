@@ -451,11 +451,14 @@ class PoseMarginalRows:
         self._score = eqx.filter_jit(_marginal_from_templates)
 
     def particle_chunk(self, n_particles: int, block: int = 256) -> int:
-        """Particles per chunk: templates and a block's table within :data:`TEMPLATE_BYTES`."""
+        """Particles per chunk: templates and a block's table within :data:`TEMPLATE_BYTES`,
+        the particles cut into chunks as equal as the count allows (64: 8 of 8, not 7 of 9
+        and 1)."""
         n_rot, n_shift = self.grid.matrices.shape[0], self.grid.shifts_angstrom.shape[0]
         floats = 2 * math.prod(self.operator.band.shape)  # a template: [half, re/im, j_y, j_x]
         per = 4 * n_rot * max(floats, block * n_shift)
-        return int(max(1, min(n_particles, TEMPLATE_BYTES // per)))
+        most = max(1, min(n_particles, TEMPLATE_BYTES // per))
+        return -(-n_particles // -(-n_particles // most))  # equal chunks: one compilation
 
     def __call__(self, batch, xs) -> Float[Array, "b m"]:
         xs = np.asarray(xs, np.float32)
