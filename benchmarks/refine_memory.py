@@ -6,12 +6,14 @@ bootstrap (:func:`cryosip.pipeline.bootstrap.resampled_em`) refits EM on ``B`` r
 its rows. Their memory is what they add to ``reconstruct``'s peak at large ``N``; their
 likelihood pass needs the forward model and is timed by ``benchmarks/scaling.py``.
 
-For each ``N`` of ``--sizes`` a child process builds a synthetic ``L [N, M]`` (a 1-D
-Gaussian mixture observed with noise 0.1 on ``M`` grid points; the values do not change
-the memory), then runs, recording its peak RSS (``ru_maxrss``) after each stage:
-``from_loglik`` (in place), ``em`` (``--iters`` iterations: memory does not grow with
-them), and the bootstrap's ``resample_indices`` + ``resampled_em`` (``--refits`` B, the
-default 40, groups of 8, ``--iters`` iterations).
+For each ``N`` of ``--sizes`` a child process fills a :class:`ShiftedLikelihood` with a
+synthetic ``L [N, M]`` (a 1-D Gaussian mixture observed with noise 0.1 on ``M`` grid
+points; the values do not change the memory), a span of rows at a time as the likelihood
+pass does (in memory up to ``MEMORY_BYTES``, else a scratch file), then runs, recording its
+peak RSS (``ru_maxrss``) after each stage: the fill, ``em`` (``--iters`` iterations: memory
+does not grow with them), and the bootstrap's ``resampled_em`` on the draws of
+``_resample_groups`` as ``run_bootstrap`` runs them (``--refits`` B, the default 40,
+groups of 8, ``--iters`` iterations).
 
 Run: ``.venv/bin/python benchmarks/refine_memory.py`` -> ``benchmarks/results/refine_memory.json``.
 """
@@ -30,28 +32,25 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "refi
 _CHILD = """
 import json, resource, sys, time
 import numpy as np
-from cryosip.flows.refine import ShiftedLikelihood
-from cryosip.pipeline.bootstrap import resample_indices, resampled_em
+from cryosip.flows.refine import SPAN_ROWS, ShiftedLikelihood
+from cryosip.pipeline.bootstrap import _resample_groups, resampled_em
 n, m, refits, iters = (int(a) for a in sys.argv[1:5])
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out = {"n": n, "m": m, "refits": refits, "iters": iters, "after_imports_mb": peak()}
 rng = np.random.default_rng(0)
 x = np.linspace(0, 1, m, dtype=np.float32)
-loglik = np.empty((n, m), np.float32)
-for s in range(0, n, 1 << 16):
-    y = np.where(rng.random(min(1 << 16, n - s)) < 0.6, 0.2, 0.8) + 0.08 * rng.standard_normal(
-        min(1 << 16, n - s))
-    y = (y + 0.1 * rng.standard_normal(y.shape)).astype(np.float32)
-    loglik[s:s + len(y)] = -0.5 * ((y[:, None] - x[None, :]) / 0.1) ** 2
-out["after_loglik_mb"] = peak()
+lik = ShiftedLikelihood(n, m)  # filled a span at a time, as the likelihood pass does
+for s in range(0, n, SPAN_ROWS):
+    k = min(SPAN_ROWS, n - s)
+    y = np.where(rng.random(k) < 0.6, 0.2, 0.8) + 0.08 * rng.standard_normal(k)
+    y = (y + 0.1 * rng.standard_normal(k)).astype(np.float32)
+    lik.put(s, -0.5 * ((y[:, None] - x[None, :]) / 0.1) ** 2)
+out["after_loglik_mb"], out["on_disk"] = peak(), lik.on_disk
 t0 = time.perf_counter()
-lik = ShiftedLikelihood.from_loglik(loglik, in_place=True)
 w, *_ = lik.em(np.full(m, 1.0 / m), max_iter=iters)
 out["after_em_mb"], out["em_s"] = peak(), time.perf_counter() - t0
 t0 = time.perf_counter()
-index = resample_indices(n, refits, 0)
-out["after_resample_indices_mb"] = peak()
-resampled_em(lik, w, index, max_iter=iters)
+resampled_em(lik, w, _resample_groups(n, refits, 0, 8), max_iter=iters)
 out["after_bootstrap_mb"], out["bootstrap_s"] = peak(), time.perf_counter() - t0
 print("RESULT " + json.dumps(out))
 """
@@ -74,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                                     if s.startswith("RESULT "))[7:]))
         r = rows[-1]
         print(f"N={n:>8d}: imports {r['after_imports_mb']:.0f} MB, L {r['after_loglik_mb']:.0f}"
-              f", EM {r['after_em_mb']:.0f}, resample indices "
-              f"{r['after_resample_indices_mb']:.0f}, bootstrap {r['after_bootstrap_mb']:.0f} MB"
+              f" (on disk: {r['on_disk']}), EM {r['after_em_mb']:.0f}, bootstrap "
+              f"{r['after_bootstrap_mb']:.0f} MB"
               f" (EM {r['em_s']:.1f} s, bootstrap {r['bootstrap_s']:.1f} s)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=RESULTS.parents[2]).stdout.strip()
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                    "commit": commit, "command": " ".join(sys.argv),
                                     "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

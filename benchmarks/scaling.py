@@ -62,13 +62,27 @@ SIM_CONFIG = {
     "defocus_angstrom": [10000, 25000], "seed": 0, "render_batch_size": 256,
 }
 
-# Runs a command and prints its wall time and the peak RSS of the command alone (kB).
+# Runs a command and prints its wall time, the peak RSS of the command alone (kB) and a
+# timeline of its RSS (VmRSS sampled every 0.5 s; the largest sample of each 10 s), to see
+# which stage holds the peak.
 _MEASURE = """
 import json, resource, subprocess, sys, time
 t0 = time.perf_counter()
-rc = subprocess.run(sys.argv[1:]).returncode
+child = subprocess.Popen(sys.argv[1:])
+samples = {}
+while child.poll() is None:
+    try:
+        with open(f"/proc/{child.pid}/status") as fh:
+            rss = next(int(s.split()[1]) for s in fh if s.startswith("VmRSS:"))
+        t = int((time.perf_counter() - t0) // 10) * 10
+        samples[t] = max(samples.get(t, 0), rss)
+    except (OSError, StopIteration):
+        pass
+    time.sleep(0.5)
+rc = child.wait()
 print("MEASURE " + json.dumps({"rc": rc, "wall_s": time.perf_counter() - t0,
-      "peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+      "peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+      "rss_timeline_mb": {t: kb / 1024 for t, kb in sorted(samples.items())}}))
 """
 
 # The preparation of reconstruct alone (its first lines), timed, with the defaults.
@@ -149,6 +163,11 @@ def run_size(n: int, work: Path, steps: int, keep: bool) -> dict:
         # the full-data weights phase after the flow (cryosip.flows.refine), when it ran
         "refine_likelihood_s": summary.get("refinement", {}).get("likelihood_s"),
         "refine_em_s": summary.get("refinement", {}).get("em_s"),
+        "reconstruct_wall_time_s": summary.get("wall_time_s"),
+        "summary_parts": {k: summary.get(k) for k in ("refinement", "bootstrap", "per_image")},
+        "reconstruct_rss_timeline_mb": rec.get("rss_timeline_mb"),
+        "reconstruct_log_tail": (folder / "reconstruct.log").read_text()[-3000:]
+        if keep else None,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -168,6 +170,73 @@ def test_float32_likelihood_keeps_the_loglik_and_em_matches_float64():
 def test_resample_groups_draw_the_documented_rows():
     from cryosip.pipeline.bootstrap import _resample_groups, resample_indices
 
-    groups = list(_resample_groups(300, 20, seed=4, group=8))
+    groups = [list(g) for g in _resample_groups(300, 20, seed=4, group=8)]
     assert [len(g) for g in groups] == [8, 8, 4]
     np.testing.assert_array_equal(np.concatenate(groups), resample_indices(300, 20, seed=4))
+
+
+def test_scratch_file_likelihood_equals_the_one_in_memory(monkeypatch, tmp_path):
+    """``p`` above the memory budget goes to a scratch file read in chunks: the same rows,
+    the same EM and the same bootstrap refits as the array in memory (chunks of 64 rows, so
+    the sums run over 8 chunks), and the file is gone once closed."""
+    from cryosip.flows import refine
+    from cryosip.pipeline.bootstrap import resample_indices, resampled_em
+
+    rng = np.random.default_rng(6)
+    loglik = rng.normal(scale=20.0, size=(500, 9))
+    in_memory = ShiftedLikelihood.from_loglik(loglik)
+    monkeypatch.setattr(refine, "CHUNK_ROWS", 64)
+    on_disk = ShiftedLikelihood.from_loglik(loglik, memory_bytes=0, scratch=str(tmp_path))
+    assert on_disk.on_disk and not in_memory.on_disk
+    # an unnamed file (Linux): nothing is left in the folder, even if the run is killed
+    assert not list(tmp_path.iterdir())
+    assert os.fstat(on_disk._file.fileno()).st_size == 4 * 500 * 9
+    np.testing.assert_array_equal(on_disk.p, in_memory.p)
+    np.testing.assert_array_equal(on_disk.row_max, in_memory.row_max)
+    assert [s for s, _ in on_disk.chunks()] == list(range(0, 500, 64))
+    init = np.full(9, 1 / 9)
+    w_mem, it_mem, _, h_mem = in_memory.em(init, max_iter=300, tol=1e-12)
+    w_disk, it_disk, _, h_disk = on_disk.em(init, max_iter=300, tol=1e-12)
+    np.testing.assert_allclose(w_disk, w_mem, rtol=1e-5, atol=1e-7)  # sums in another order
+    np.testing.assert_allclose(h_disk, h_mem, rtol=1e-9)
+    index = resample_indices(500, 3, seed=1)
+    np.testing.assert_allclose(resampled_em(on_disk, w_mem, index, max_iter=50),
+                               resampled_em(in_memory, w_mem, index, max_iter=50),
+                               rtol=1e-5, atol=1e-7)
+    on_disk.close()
+
+
+def test_one_pass_em_is_the_textbook_iteration():
+    """The fused EM (one pass gives the log-likelihood of the weights and their update)
+    makes the textbook iterates ``w <- w * mean_n(p_nj / (p w)_n)`` written out in float64,
+    with the history of the mean log-likelihood of each."""
+    rng = np.random.default_rng(8)
+    loglik = rng.normal(scale=3.0, size=(300, 5))
+    lik = ShiftedLikelihood.from_loglik(loglik)
+    w, iters, _, history = lik.em(np.full(5, 0.2), max_iter=7, tol=0.0)
+    p = np.exp(loglik)
+    ref = [np.full(5, 0.2)]
+    for _ in range(7):
+        ref.append(ref[-1] * (p / (p @ ref[-1])[:, None]).mean(axis=0))
+    assert iters == 7
+    np.testing.assert_allclose(w, ref[-1], rtol=1e-5)
+    np.testing.assert_allclose(history[:, 0], [np.mean(np.log(p @ r)) for r in ref],
+                               rtol=1e-6)
+
+
+def test_likelihood_pass_in_spans_equals_one_block_loop(monkeypatch):
+    """Spans of 100 rows (blocks of 32, a partial last span) store the rows the plain
+    block loop gives, in order."""
+    from cryosip.flows import refine
+
+    rng = np.random.default_rng(9)
+    n = 333
+    nuisance = rng.normal(size=(n, 2)).astype(np.float32)
+    ys = (rng.normal(size=(n, 2)) + nuisance).astype(np.float32)
+    xs = np.array([[-0.5], [0.0], [0.7], [1.1]], np.float32)
+    block = known_pose_block(LinearShift(noise_std=0.3))
+    obs = Observations(jnp.asarray(ys), jnp.asarray(nuisance))
+    whole = refine.likelihood_rows(block, xs, obs, np.arange(n), block=32)
+    monkeypatch.setattr(refine, "SPAN_ROWS", 100)
+    stored = refine._all_rows(block, xs, obs, 32, False)
+    np.testing.assert_allclose(stored.loglik, whole, rtol=1e-6, atol=1e-5)

@@ -226,35 +226,40 @@ def n_refits(config, refinement=None) -> int:
 def resampled_em(likelihood, init: np.ndarray, index, max_iter: int = REFIT_MAX_ITER,
                  tol: float = REFIT_TOL, group: int = 8) -> np.ndarray:
     """``[B, M]`` EM weights of the ``B`` resamples ``index`` (``[B, N]`` rows, or an
-    iterable of ``[b, N]`` groups) of the rows of the full-data likelihood
-    (:class:`cryosip.flows.refine.ShiftedLikelihood`): a resample's EM is EM with row counts
-    ``c_b`` (how often each row was drawn), so ``group`` refits share each iteration's two
-    products with the one stored matrix (memory ``O(N group)``)."""
-    n = likelihood.p.shape[0]
+    iterable of groups, each an iterable of ``[N]`` draws) of the rows of the full-data
+    likelihood (:class:`cryosip.flows.refine.ShiftedLikelihood`): a resample's EM is EM with
+    row counts ``c_b`` (how often each row was drawn), so ``group`` refits share each
+    iteration's pass over the one stored matrix (memory: ``N group`` bytes of uint8 counts,
+    and one refit's ``[N]`` draws at a time)."""
+    n = likelihood.n
     groups = ([index[g:g + group] for g in range(0, len(index), group)]
               if isinstance(index, np.ndarray) else index)
     out = []
     for rows in groups:
-        counts = np.stack([np.bincount(r, minlength=n) for r in rows], axis=1)
+        cols = []
+        for r in rows:  # one refit's draws at a time; counts as uint8 (float32 if >255)
+            c = np.bincount(r, minlength=n)
+            cols.append(c.astype(np.uint8 if c.max() <= np.iinfo(np.uint8).max else np.float32))
+        counts = np.stack(cols, axis=1)
         init_g = np.repeat(np.asarray(init, np.float64)[:, None], counts.shape[1], axis=1)
-        out.append(likelihood.em(init_g, counts.astype(np.float32), max_iter=max_iter,
-                                 tol=tol)[0].T)
+        out.append(likelihood.em(init_g, counts, max_iter=max_iter, tol=tol)[0].T)
     return np.concatenate(out)
 
 
 def _resample_groups(n: int, count: int, seed: int, group: int):
-    """:func:`resample_indices`'s rows, drawn ``group`` refits at a time from the same
-    generator (the same draws; memory ``O(N group)`` instead of ``O(N B)``)."""
+    """:func:`resample_indices`'s rows, drawn one refit at a time from the same generator
+    (the same draws), ``group`` refits a group: memory ``O(N group)`` bytes of counts
+    instead of ``O(N B)`` indices."""
     rng = numpy_rng(seed, "bootstrap")
     for g in range(0, count, group):
-        yield rng.integers(0, n, size=(min(group, count - g), n))
+        yield (rng.integers(0, n, size=n) for _ in range(min(group, count - g)))
 
 
 def _weight_refits(measure: ParticleMeasure, refinement, count: int, seed: int):
     """EM on resampled rows of the full-data likelihood, from the point estimate's weights
     (positions fixed; module docstring)."""
     positions, weights = measure.to_numpy()
-    n = refinement.likelihood.p.shape[0]
+    n = refinement.likelihood.n
     refit = resampled_em(refinement.likelihood, weights, _resample_groups(n, count, seed, 8))
     return (np.broadcast_to(positions, (count, *positions.shape)).copy(),
             refit.astype(np.float32))

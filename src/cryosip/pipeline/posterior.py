@@ -174,16 +174,16 @@ def _moments(data: PreparedData, model, positions, weights, probs_of, refinement
     todo = np.ones(n, bool)
     group = 1 << 14
     if refinement is not None:
-        stored = refinement.likelihood.p
+        stored = refinement.likelihood
         train = np.asarray(data.train_index)
         if stored.shape != (len(train), len(positions)):
             raise ValueError(f"the full-data likelihood is {stored.shape}, expected "
                              f"({len(train)}, {len(positions)}) (training images, particles)")
         w = np.asarray(weights, np.float64)
-        for s in range(0, len(train), group):
-            probs = stored[s:s + group] * w
+        for s, part in stored.chunks(group):
+            probs = part * w
             fine = probs.sum(axis=1) > 0
-            rows = train[s:s + group][fine]
+            rows = train[s:s + len(part)][fine]
             mean[rows], std[rows] = moments(probs[fine])
             todo[rows] = False
     rest = np.flatnonzero(todo)
