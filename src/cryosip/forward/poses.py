@@ -64,6 +64,7 @@ from cryosip.forward.image_model import _chunked_map
 
 __all__ = ["GridSettings", "ImagePosteriors", "PoseGrid", "PoseMarginalKL", "Search", "children",
            "PoseMarginalRows", "grid_log_likelihood", "image_posteriors", "log_marginal",
+           "map_poses_given_particle",
            "pose_marginal_block",
            "search", "shift_grid", "so3_grid", "so3_spacing_deg", "so3_volume", "templates"]
 
@@ -365,6 +366,65 @@ def image_posteriors(operator: FourierOperator, positions, weights, observations
     return ImagePosteriors(probs, rots, shifts)
 
 
+def map_poses_given_particle(operator: FourierOperator, positions, particle, observations,
+                             settings: GridSettings, block: int = 64
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's maximum-a-posteriori rotation ``(n, 3, 3)`` and shift ``(n, 2)`` Å on the
+    whole grid of ``settings`` (``top_k`` not used), given its own particle ``particle[n]``
+    (an index into ``positions``, e.g. the most probable one): ``argmax_{r,t} log q_r +
+    log q_t + log p(y_n | x_{particle[n]}, R_r, t)``.
+
+    One particle's templates per image, not all ``M``: the images are grouped by their
+    particle, each particle's ``R`` templates are rendered once (in chunks of particles within
+    :data:`TEMPLATE_BYTES`, as :class:`PoseMarginalRows`), and a padded block of ``block``
+    images of one particle is one ``(block T, F) x (F, R)`` product: ``1 / M`` of the cost
+    of the mixture's MAP over every particle (:func:`image_posteriors`), so it can run on the
+    fine grid of the full-data phase. ``observations``: a source with ``len`` and
+    ``take(rows)`` (rows in any order) whose nuisances carry the images' CTFs."""
+    grid = PoseGrid.build(settings.level, settings.shift_std_angstrom,
+                          _spacing(operator, settings))
+    xs = np.asarray(positions, np.float32)
+    particle = np.asarray(particle, np.int64)
+    n = len(observations)
+    if particle.shape != (n,) or (n and (particle.min() < 0 or particle.max() >= len(xs))):
+        raise ValueError(f"particle must hold {n} indices into {len(xs)} particles")
+    order = np.argsort(particle, kind="stable")
+    bounds = np.searchsorted(particle[order], np.arange(len(xs) + 1))
+    size = _particle_chunk(operator, grid, len(xs), block)
+    render = eqx.filter_jit(templates)
+    best = eqx.filter_jit(_best_pose)
+    rot_index = np.zeros(n, np.int64)
+    shift_index = np.zeros(n, np.int64)
+    for c in range(0, len(xs), size):
+        if bounds[c] == bounds[min(c + size, len(xs))]:
+            continue  # no image has a particle of this chunk
+        p = render(operator, jnp.asarray(xs[c:c + size]), grid.matrices)
+        for j in range(c, min(c + size, len(xs))):
+            rows = order[bounds[j]:bounds[j + 1]]
+            for s in range(0, len(rows), block):
+                part = rows[s:s + block]
+                batch = observations.take(part)
+                pad = block - len(part)
+                batch = jax.tree.map(
+                    lambda a, pad=pad: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
+                t, r = best(operator, batch.values, batch.nuisance, p[j - c], grid)
+                shift_index[part] = np.asarray(t)[:len(part)]
+                rot_index[part] = np.asarray(r)[:len(part)]
+    return (np.asarray(grid.matrices)[rot_index],
+            np.asarray(grid.shifts_angstrom)[shift_index])
+
+
+def _best_pose(operator, values, nuisance, p1, grid: PoseGrid):
+    """``(t, r)`` maximising the posterior of each image against one particle's
+    templates ``p1 (R, ...)``."""
+    z, c2, y2 = _data_terms(operator, values, nuisance, grid.shifts_angstrom)
+    ll = _table(z, c2, y2, p1[None], _const(operator))[:, 0]  # (B, T, R)
+    score = ll + grid.log_q_shift[:, None] + grid.log_q_rot[None]
+    flat = jnp.argmax(score.reshape(score.shape[0], -1), axis=1)
+    n_r = score.shape[-1]
+    return flat // n_r, flat % n_r
+
+
 def _whole_grid(operator, values, nuisance, p, grid: PoseGrid) -> Search:
     """:func:`search` without refinement, from the templates ``p`` of the whole grid."""
     z, c2, y2 = _data_terms(operator, values, nuisance, grid.shifts_angstrom)
@@ -454,11 +514,7 @@ class PoseMarginalRows:
         """Particles per chunk: templates and a block's table within :data:`TEMPLATE_BYTES`,
         the particles cut into chunks as equal as the count allows (64: 8 of 8, not 7 of 9
         and 1)."""
-        n_rot, n_shift = self.grid.matrices.shape[0], self.grid.shifts_angstrom.shape[0]
-        floats = 2 * math.prod(self.operator.band.shape)  # a template: [half, re/im, j_y, j_x]
-        per = 4 * n_rot * max(floats, block * n_shift)
-        most = max(1, min(n_particles, TEMPLATE_BYTES // per))
-        return -(-n_particles // -(-n_particles // most))  # equal chunks: one compilation
+        return _particle_chunk(self.operator, self.grid, n_particles, block)
 
     def __call__(self, batch, xs) -> Float[Array, "b m"]:
         xs = np.asarray(xs, np.float32)
@@ -467,6 +523,15 @@ class PoseMarginalRows:
             self._key = xs.tobytes()
         return self._score(self.operator, batch.values, batch.nuisance, self._templates,
                            self.grid)
+
+
+def _particle_chunk(operator, grid: PoseGrid, n_particles: int, block: int) -> int:
+    """:meth:`PoseMarginalRows.particle_chunk`."""
+    n_rot, n_shift = grid.matrices.shape[0], grid.shifts_angstrom.shape[0]
+    floats = 2 * math.prod(operator.band.shape)  # a template: [half, re/im, j_y, j_x]
+    per = 4 * n_rot * max(floats, block * n_shift)
+    most = max(1, min(n_particles, TEMPLATE_BYTES // per))
+    return -(-n_particles // -(-n_particles // most))  # equal chunks: one compilation
 
 
 def _marginal_from_templates(operator, values, nuisance, p, grid: PoseGrid):

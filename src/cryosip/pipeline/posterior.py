@@ -12,9 +12,12 @@ For image ``n`` and particle ``j`` of the recovered measure ``sum_j w_j delta_{x
 * **unknown poses**: the image keeps its CTF from the particle file and its pose and shift
   are integrated out on the grid of :mod:`cryosip.forward.poses` (rotations ``R_r`` with
   weights ``q_r``, shifts ``t`` with Gaussian prior weights ``q_t``), ``p(y_n | x_j) =
-  sum_{r,t} q_r q_t p(y_n | x_j, R_r, t)``, on the Fourier band; the maximum-a-posteriori
-  pose is the grid node maximising the particles' mixture ``sum_j w_j q_r q_t
-  p(y_n | x_j, R_r, t)``, written to RELION's ``rlnAngleRot/Tilt/Psi`` and
+  sum_{r,t} q_r q_t p(y_n | x_j, R_r, t)``, on the Fourier band and the full-data phase's
+  grid; the maximum-a-posteriori pose is the node of that grid maximising
+  ``q_r q_t p(y_n | x_{j*}, R_r, t)`` given the image's most probable particle
+  ``j* = argmax_j p(j | y_n)`` (one particle's templates an image: ``1 / M`` of the cost of
+  maximising the particles' mixture over every pose, so it runs on the fine grid),
+  written to RELION's ``rlnAngleRot/Tilt/Psi`` and
   ``rlnOriginX/YAngst`` (the input's values in those columns are replaced; its pixel
   origins ``rlnOriginX/Y`` too, so both agree). The angles are as fine as the grid: its
   spacing (:func:`cryosip.forward.poses.so3_spacing_deg`) bounds the angular error.
@@ -31,8 +34,9 @@ order and padded to one shape (one compilation): memory holds one block of image
 the data set. Known poses cost one pass of the likelihood over the N images and M particles,
 about what ``N / batch_size`` flow steps spend on their forward pass, or, when the
 full-data weights phase ran (:mod:`cryosip.flows.refine`), over the held-out images only:
-the training images' likelihood is the one that phase computed; unknown poses one pass of
-the pose grid (``M x R`` templates rendered per block of images).
+the training images' likelihood is the one that phase computed; unknown poses, the same
+for ``p(j | y_n)`` on the pose grid, and for the MAP pose one image against one particle's
+``R`` templates.
 
 ``RUN/particles.star`` (:func:`write_particles_star`, written atomically by
 :func:`cryosip.io.annotate.annotate_particles`): the input's rows and blocks as they were,
@@ -54,8 +58,7 @@ import numpy as np
 
 from cryosip.flows.refine import likelihood_rows
 from cryosip.forward.fourier import FourierOperator
-from cryosip.forward.poses import PoseMarginalRows
-from cryosip.forward.poses import image_posteriors as pose_posteriors
+from cryosip.forward.poses import PoseMarginalRows, map_poses_given_particle
 from cryosip.io.annotate import annotate_particles, relion_pose_columns
 from cryosip.measures import ParticleMeasure
 from cryosip.operators import Observations
@@ -157,9 +160,10 @@ def _block(data: PreparedData, rows: np.ndarray, band: bool, size: int) -> Obser
 
 
 def _moments(data: PreparedData, model, positions, weights, probs_of, refinement=None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and sd of ``x`` for every image (module docstring), a group of rows
-    at a time: memory holds one group's ``[rows, M]`` probabilities, never ``[N, M]``.
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and sd of ``x`` for every image (module docstring) and its most
+    probable particle ``argmax_j p(j | y_n)``, a group of rows at a time: memory holds one
+    group's ``[rows, M]`` probabilities, never ``[N, M]``.
 
     With ``refinement`` (:class:`cryosip.flows.refine.Refinement`: the full-data phase's
     likelihood of the training images, ``data.train_index`` order, against these
@@ -169,6 +173,7 @@ def _moments(data: PreparedData, model, positions, weights, probs_of, refinement
     """
     n, dim = len(data.stack), positions.shape[1]
     mean, std = np.empty((n, dim)), np.empty((n, dim))
+    best = np.empty(n, np.int32)
     moments = functools.partial(posterior_moments, positions=positions, lower=model.lower,
                                 upper=model.upper, periodic=model.periodic)
     todo = np.ones(n, bool)
@@ -185,12 +190,15 @@ def _moments(data: PreparedData, model, positions, weights, probs_of, refinement
             fine = probs.sum(axis=1) > 0
             rows = train[s:s + len(part)][fine]
             mean[rows], std[rows] = moments(probs[fine])
+            best[rows] = probs[fine].argmax(axis=1)
             todo[rows] = False
     rest = np.flatnonzero(todo)
     for s in range(0, len(rest), group):
         rows = rest[s:s + group]
-        mean[rows], std[rows] = moments(probs_of(rows))
-    return mean, std
+        probs = probs_of(rows)
+        mean[rows], std[rows] = moments(probs)
+        best[rows] = probs.argmax(axis=1)
+    return mean, std, best
 
 
 def _known_pose_probs(op, data: PreparedData, positions, weights):
@@ -248,9 +256,10 @@ def image_posteriors(config, operator, data: PreparedData, model,  # noqa: PLR09
     flow's own (:func:`posterior_operator`) is built from it. Known poses go through the
     likelihood :data:`BLOCK` images at a time. Unknown poses: ``p(j | y_n)`` on the whole
     grid of the full-data phase
-    (:func:`cryosip.pipeline.reconstruct.weights_grid_settings`), the maximum-a-posteriori
-    pose on the flow's grid (:func:`cryosip.pipeline.reconstruct.pose_grid_settings`,
-    ``BLOCK // 4`` images at a time); ``grid`` overrides fields of both
+    (:func:`cryosip.pipeline.reconstruct.weights_grid_settings`), and the
+    maximum-a-posteriori pose on that grid given the image's most probable particle
+    (:func:`cryosip.forward.poses.map_poses_given_particle`, ``BLOCK // 4`` images at a
+    time); ``grid`` overrides fields of that grid
     (:class:`~cryosip.forward.poses.GridSettings`). A ``refinement`` of this measure
     (``FlowResult.refinement``) gives the training images' likelihood, so only the
     held-out images are scored again.
@@ -263,19 +272,18 @@ def image_posteriors(config, operator, data: PreparedData, model,  # noqa: PLR09
         op = posterior_operator(config, operator, data)
         probs_of = _known_pose_probs(op, data, positions, weights)
         method = "likelihood, known poses" + reused
+        mean, std, _ = _moments(data, model, positions, weights, probs_of, refinement)
     else:
-        from cryosip.pipeline.reconstruct import pose_grid_settings, weights_grid_settings
+        from cryosip.pipeline.reconstruct import weights_grid_settings
 
         band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
-        settings = dataclasses.replace(pose_grid_settings(config, band_op), **(grid or {}))
         fine = dataclasses.replace(weights_grid_settings(config, band_op), **(grid or {}))
         probs_of = _unknown_pose_probs(band_op, data, positions, weights, fine)
-        post = pose_posteriors(band_op, positions, weights, _BandRows(data),
-                               block=BLOCK // 4, **dataclasses.asdict(settings))
-        rotations, shifts = post.rotations, post.shifts_angstrom
+        mean, std, best = _moments(data, model, positions, weights, probs_of, refinement)
+        rotations, shifts = map_poses_given_particle(band_op, positions, best, _BandRows(data),
+                                                     fine, block=BLOCK // 4)
         method = (f"pose and shift integrated out on the whole grid ({fine}){reused}; "
-                  f"maximum-a-posteriori poses on the flow's grid ({settings})")
-    mean, std = _moments(data, model, positions, weights, probs_of, refinement)
+                  "maximum-a-posteriori pose on that grid given the most probable particle")
     heldout = np.zeros(len(data.stack), bool)
     heldout[np.asarray(data.heldout_index, int)] = True
     return ImagePosterior(mean, std, heldout, method, time.perf_counter() - t0, rotations,
