@@ -17,7 +17,8 @@ per-image posteriors included):
 W1 (``scipy.stats.wasserstein_distance``) of each measure against the true ``x`` of the
 training images (and of the flow's measure before the full-data phase), the uniform
 start's W1, and the wall time of the whole command, of ``reconstruct`` (data preparation,
-flow, full-data phase, bootstrap), of the flow's parts and of the per-image posteriors.
+flow, full-data phase, bootstrap), of the flow's parts and of the per-image posteriors;
+``evaluate``'s per-image scores of each run (``per_image_scores``).
 
     nice -n 10 .venv/bin/python benchmarks/unknown_poses.py --n-images 10000
     # JSON to benchmarks/results/unknown_poses.json (--out to change)
@@ -37,6 +38,7 @@ from scipy import stats
 
 from cryosip.datasets import parse_simulate_config, simulate_dataset
 from cryosip.pipeline.config import ReconstructConfig, SolverSection
+from cryosip.pipeline.evaluate import per_image_scores
 from cryosip.pipeline.reconstruct import initial_measure
 from cryosip.pipeline.run import run_reconstruction
 from cryosip.structures.factory import load_model
@@ -83,9 +85,12 @@ def w1(positions, weights, truth_x) -> float:
                                             np.asarray(weights)))
 
 
-def run(args, star: Path, poses: str, out: Path, truth_all: np.ndarray) -> dict:
+def run(args, star: Path, poses: str, out: Path, truth_all: np.ndarray, truth_npz: Path
+        ) -> dict:
     """One ``cryosip reconstruct`` as the command line runs it (outputs, bootstrap and
-    per-image posteriors included), timed as a whole and by part."""
+    per-image posteriors included), timed as a whole and by part, and ``evaluate``'s
+    per-image scores of its ``particles.star`` (correlation of the posterior mean ``x``
+    with the true ``x``; median angular error of the MAP poses for unknown poses)."""
     t0 = time.perf_counter()
     result, summary = run_reconstruction(config(args, star, poses), out)
     wall = time.perf_counter() - t0
@@ -100,6 +105,7 @@ def run(args, star: Path, poses: str, out: Path, truth_all: np.ndarray) -> dict:
             "per_image_s": summary["per_image"]["wall_time_s"],
             "per_image_method": summary["per_image"]["method"],
             "refinement": summary.get("refinement"),
+            "per_image_scores": per_image_scores(out, truth_npz).get("per_image"),
             "steps": int(result.flow.n_steps), "status": str(result.flow.status),
             "n_particles": len(weights), "w1_history": hist,
             "positions": np.asarray(positions)[:, 0].tolist(),
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
         for name in filter(None, args.rows.split(",")):
             star = data_dir / ("particles.star" if name == "known" else "noposes.star")
             out = args.cache / f"run_{name}_snr{snr}_n{args.n_images}_{time.time_ns()}"
-            rows[name] = run(args, star, name, out, truth_all)
+            rows[name] = run(args, star, name, out, truth_all, data_dir / "truth.npz")
             print(snr, name, {k: v for k, v in rows[name].items()
                               if k in ("w1", "w1_flow_end", "wall_s", "per_image_s")},
                   rows[name]["flow_timings"], flush=True)

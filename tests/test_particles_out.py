@@ -235,6 +235,22 @@ def test_map_poses_read_back_as_the_same_rotations(tmp_path):
     assert "# written by hand" in text and "# a comment between rows" in text
 
 
+def test_values_formatted_in_blocks_write_the_same_file(tmp_path, monkeypatch):
+    """The new values are turned into text a block of rows at a time: blocks of 3 rows
+    (7 rows, a comment between rows) write the same bytes as one block."""
+    from cryosip.io import annotate
+
+    n, pixel = 7, 1.37
+    src = _relion30(tmp_path / "in.star", n, pixel)
+    rotations = Rotation.random(n, random_state=np.random.default_rng(5)).as_matrix()
+    columns = {**relion_pose_columns(rotations, np.zeros((n, 2), np.float32), pixel),
+               "rlnCryosipX1": np.float32(np.linspace(0, 1, n)),
+               "rlnCryosipHeldOut": np.arange(n) % 2}
+    whole = annotate_particles(src, tmp_path / "whole.star", columns).read_bytes()
+    monkeypatch.setattr(annotate, "TEXT_BLOCK", 3)
+    assert annotate_particles(src, tmp_path / "blocks.star", columns).read_bytes() == whole
+
+
 def test_a_row_count_that_is_not_the_images_is_refused(tmp_path):
     src = _relion30(tmp_path / "in.star", 4, 1.0)
     with pytest.raises(InputError, match="rows"):

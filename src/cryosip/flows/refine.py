@@ -289,14 +289,6 @@ def refine_from_loglik(loglik: np.ndarray, init: np.ndarray, max_iter: int = 200
                       max_iter=max_iter, tol=tol)
 
 
-def _pad(tree, size: int):
-    def pad(a):
-        a = jnp.asarray(a)
-        extra = size - a.shape[0]
-        return a if extra == 0 else jnp.concatenate([a, jnp.repeat(a[-1:], extra, 0)])
-    return jax.tree.map(pad, tree)
-
-
 def likelihood_rows(loglik_block: Callable, positions, source, rows: np.ndarray,  # noqa: PLR0913
                     block: int = BLOCK, progress: bool = False, bar=None) -> np.ndarray:
     """``[len(rows), M]`` float32: ``loglik_block(batch, positions)`` over ``source.take``
@@ -314,8 +306,8 @@ def likelihood_rows(loglik_block: Callable, positions, source, rows: np.ndarray,
         bar = tqdm(total=len(jobs), desc="full-data likelihood", unit="block", leave=False,
                    disable=not (progress and distributed.is_main()))
     for c, s, _ in jobs:
-        part = rows[s:s + block]
-        batch = _pad(source.take(part), block)
+        part = rows[s:s + block]  # padded with the last row's copies: one shape
+        batch = source.take(np.concatenate([part, np.repeat(part[-1:], block - len(part))]))
         out[s:s + len(part), c:c + chunk] = np.asarray(
             loglik_block(batch, xs[c:c + chunk]))[: len(part)]
         bar.update()

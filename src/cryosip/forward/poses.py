@@ -403,10 +403,9 @@ def map_poses_given_particle(operator: FourierOperator, positions, particle, obs
             rows = order[bounds[j]:bounds[j + 1]]
             for s in range(0, len(rows), block):
                 part = rows[s:s + block]
-                batch = observations.take(part)
-                pad = block - len(part)
-                batch = jax.tree.map(
-                    lambda a, pad=pad: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
+                # padded with copies of the last row on the host: one shape, one compilation
+                batch = observations.take(np.concatenate(
+                    [part, np.repeat(part[-1:], block - len(part))]))
                 t, r = best(operator, batch.values, batch.nuisance, p[j - c], grid)
                 shift_index[part] = np.asarray(t)[:len(part)]
                 rot_index[part] = np.asarray(r)[:len(part)]

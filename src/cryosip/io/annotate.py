@@ -8,7 +8,8 @@ input already has a column of that name, replaced:
   and column, quoting, number formatting), except the particle loop, which gets the new
   column names after its last one and, on each row, the new values (the row's own tokens
   kept as written; a replaced column's token swapped). Rows are streamed: memory holds
-  no more than one line of the input at a time, whatever the number of particles.
+  one line of the input and the new values of :data:`TEXT_BLOCK` rows as text at a time,
+  whatever the number of particles.
 * **cryoSPARC ``.cs`` input**: there are no STAR rows to repeat; the rows are the ones
   :func:`cryosip.io.cs_to_star` writes for the same table (optics table, origins in Å,
   stack paths without cryoSPARC's leading ``>``), plus the new columns.
@@ -65,6 +66,8 @@ __all__ = ["annotate_particles", "read_star_columns", "relion_pose_columns"]
 
 _TOKEN = re.compile(rb"\"[^\"]*\"|'[^']*'|\S+")
 """A STAR value: a quoted string (either quote) or a run of non-blank characters."""
+TEXT_BLOCK = 1 << 14
+"""Rows whose new values are formatted at a time."""
 PIXEL_ORIGINS = ("rlnOriginX", "rlnOriginY")
 """RELION 3.0's origins in pixels: replaced (never added) so they agree with the Å ones."""
 
@@ -128,9 +131,9 @@ def _annotate_star(source: Path, out: Path, columns: Mapping[str, np.ndarray]) -
              for k, (name, _) in enumerate(append)]
     if not lines[last].endswith(b"\n"):
         lines[last] += b"\n"
-    texts = {k: _text(v) for k, v in replace.items()}
-    extras = [_text(v) for _, v in append]
     n = len(next(iter(columns.values())))
+    texts: dict[int, list[str]] = {}
+    extras: list[list[str]] = []
     row = 0
     with atomic_open(out) as dst, open(source, "rb") as src:
         dst.write(b"".join([*lines[:last + 1], *names, *lines[last + 1:]]))
@@ -144,8 +147,13 @@ def _annotate_star(source: Path, out: Path, columns: Mapping[str, np.ndarray]) -
             if row == n:
                 raise InputError(str(source), "data_particles", f"{n} rows (the images "
                                  "read)", "more")
-            extra = "".join("\t" + e[row] for e in extras).encode()
-            dst.write(_row(line, {k: t[row] for k, t in texts.items()}, extra,
+            i = row % TEXT_BLOCK
+            if i == 0:  # the next block's values as text (memory: one block, not N rows)
+                part = slice(row, row + TEXT_BLOCK)
+                texts = {k: _text(v[part]) for k, v in replace.items()}
+                extras = [_text(v[part]) for _, v in append]
+            extra = "".join("\t" + e[i] for e in extras).encode()
+            dst.write(_row(line, {k: t[i] for k, t in texts.items()}, extra,
                            len(loop.columns), source, row))
             row += 1
         if row != n:
