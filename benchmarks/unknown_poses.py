@@ -3,8 +3,9 @@
 Issue 13, items 1-2. Data: `cryosip simulate` of ``examples/adk_bimodal.yaml`` (AdK path,
 bimodal truth 0.6 N(0.2, 0.08) + 0.4 N(0.8, 0.08)), box 64, shifts with std 2 Å, per-image
 defocus in [10000, 25000] Å, at each ``--snr``. Two runs of ``reconstruct`` (KL, flow box
-32, ``reconstruct``'s defaults otherwise: the residue-bead model, 64 particles, 100 steps,
-the full-data weights phase, the weight bootstrap) on the same images, one after the other
+32, ``reconstruct``'s defaults otherwise: the residue-bead model, 64 particles with known
+poses and 32 with unknown ones, one flow step in 1-D, the full-data weights phase, the
+weight bootstrap) on the same images, one after the other
 in one process, each as the command line runs it (``run_reconstruction``: outputs and
 per-image posteriors included):
 
@@ -137,9 +138,13 @@ def main(argv=None) -> int:
     for snr in args.snr:
         data_dir = simulate(args.n_images, snr, args.shift_std, args.seed, args.cache)
         truth_all = np.asarray(np.load(data_dir / "truth.npz")["x"])[:, 0]
-        n_start = SolverSection(n_particles=args.n_particles).particles_for(model.dim)
-        start = initial_measure(model, n_start, args.seed).to_numpy()
-        rows = {"uniform": {"w1": w1(*start, truth_all)}}
+        rows = {}
+        for poses in ("known", "unknown"):
+            n_start = SolverSection(n_particles=args.n_particles).particles_for(
+                model.dim, poses == "unknown")
+            start = initial_measure(model, n_start, args.seed).to_numpy()
+            rows[f"uniform_{poses}"] = {"w1": w1(*start, truth_all), "n_particles": n_start}
+        rows["uniform"] = rows["uniform_known"]
         for name in filter(None, args.rows.split(",")):
             star = data_dir / ("particles.star" if name == "known" else "noposes.star")
             out = args.cache / f"run_{name}_snr{snr}_n{args.n_images}_{time.time_ns()}"

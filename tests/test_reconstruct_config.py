@@ -55,6 +55,8 @@ def test_flags_alone_give_the_documented_defaults():
             config.loop.steps, config.data.flow_box) == ("kl", 128, None, None, 32)
     # the particle count's rule: 32 * 2^d (64, 128, 256), unless set
     assert [config.solver.particles_for(d) for d in (1, 2, 3)] == [64, 128, 256]
+    # half as many with unknown poses (each costs a pass over the pose grid)
+    assert [config.solver.particles_for(d, True) for d in (1, 2, 3)] == [32, 64, 128]
     # the steps' rule: 1 in 1-D before the full-data phase, else 100, unless set
     assert [config.flow_steps(d) for d in (1, 2, 3)] == [1, 100, 100]
     no_phase = ReconstructConfig.model_validate(

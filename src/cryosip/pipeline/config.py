@@ -178,6 +178,11 @@ class SolverSection(_Section):
     ``n_particles=None``: ``32 * 2^d`` for a ``d``-dimensional model (64, 128, 256 for
     d = 1, 2, 3; :meth:`particles_for`): the spacing of the initial particles,
     ``~ M^(-1/d)`` of the box, shrinks with the dimension only if ``M`` grows with it.
+    With unknown poses half as many (``16 * 2^d``): each particle then costs a pass over
+    the pose grid (2048 rotations x 5 shifts in the full-data phase), and the images say
+    less about ``x`` (AdK path, N = 10^4, SNR 0.1 and 0.03: W1 0.0333 / 0.0336 with 32
+    particles against 0.0323 / 0.0330 with 64, in 86 / 83 s against 152 / 152 s;
+    ``benchmarks/unknown_poses.py``, docs/tutorial.md). Measured in 1-D only.
     """
 
     n_particles: int | None = Field(None, ge=1)
@@ -190,9 +195,10 @@ class SolverSection(_Section):
     resample_ess_fraction: float = Field(0.0, ge=0, le=1)
     resample_jitter: float = Field(0.0, ge=0)
 
-    def particles_for(self, dim: int) -> int:
-        """``n_particles``, or the default rule for a ``dim``-dimensional model."""
-        return self.n_particles or 32 * 2 ** min(max(dim, 1), 3)
+    def particles_for(self, dim: int, unknown_poses: bool = False) -> int:
+        """``n_particles``, or the default rule for a ``dim``-dimensional model (half as
+        many with ``unknown_poses``)."""
+        return self.n_particles or (16 if unknown_poses else 32) * 2 ** min(max(dim, 1), 3)
 
     def flows_config(self) -> SolverConfig:
         """The :class:`~cryosip.flows.SolverConfig` of this section."""

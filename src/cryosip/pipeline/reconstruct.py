@@ -152,7 +152,7 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
         return KLObjective(operator, n_draws=section.n_draws)
     # any random operator can be plugged in; one without a conformation model counts as 1-D
     n_particles = config.solver.particles_for(getattr(getattr(operator, "model", None),
-                                                      "dim", 1))
+                                                      "dim", 1), config.data.poses == "unknown")
     n_draws = max(1, section.n_draws // n_particles)  # n_draws is per step
     if section.kind != "mmd":  # a registered sample discrepancy (config.SampleSection)
         return SampleObjective(operator, section.discrepancy(), n_draws=n_draws)
@@ -215,8 +215,8 @@ def fit_flow(config: ReconstructConfig, operator, model, observations,
     domain = Domain(jnp.asarray(model.lower, jnp.float32), jnp.asarray(model.upper, jnp.float32),
                     tuple(model.periodic))
     problem = FlowProblem(_objective(config, operator),
-                          initial_measure(model, config.solver.particles_for(model.dim),
-                                          config.seed),
+                          initial_measure(model, config.solver.particles_for(
+                              model.dim, config.data.poses == "unknown"), config.seed),
                           observations, domain)
     n = len(observations)
     every = config.loop.history_every
