@@ -95,6 +95,10 @@ class ParticleStack:
     def nuisance(self) -> ImageNuisance:
         return self.table.nuisance()
 
+    def nuisance_at(self, index) -> ImageNuisance:
+        """The nuisance of the images ``index`` only (no ``[N]`` arrays made)."""
+        return self.table.nuisance(index)
+
     @property
     def optics(self) -> tuple[Optics, ...]:
         return self.table.optics

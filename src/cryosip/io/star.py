@@ -103,14 +103,16 @@ class ParticleTable:
     def __len__(self) -> int:
         return int(len(self.image_names))
 
-    def nuisance(self) -> ImageNuisance:
-        """The per-particle :class:`ImageNuisance` (leading axis ``n``); ``optics_group``
-        is ``optics_index`` (0-based into ``optics``)."""
-        f = lambda a: jnp.asarray(a, dtype=jnp.float32)
+    def nuisance(self, index=None) -> ImageNuisance:
+        """The per-particle :class:`ImageNuisance` (leading axis ``n``, or the rows
+        ``index``, taken from the table before any conversion: memory ``O(len(index))``);
+        ``optics_group`` is ``optics_index`` (0-based into ``optics``)."""
+        rows = slice(None) if index is None else np.asarray(index)
+        f = lambda a: jnp.asarray(np.asarray(a)[rows], dtype=jnp.float32)
         return ImageNuisance(f(self.euler_deg), f(self.shift_angstrom),
                              f(self.defocus_u_angstrom), f(self.defocus_v_angstrom),
                              f(self.astigmatism_angle_deg), f(self.phase_shift_deg),
-                             jnp.asarray(self.optics_index, dtype=jnp.int32))
+                             jnp.asarray(np.asarray(self.optics_index)[rows], dtype=jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)

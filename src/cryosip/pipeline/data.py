@@ -27,7 +27,6 @@ defocus.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -120,18 +119,13 @@ class PreparedData:
         images[order] = fourier_crop(self.stack.images[np.asarray(index)[order]], self.flow_box)
         return images
 
-    @functools.cached_property
-    def _nuisance_numpy(self) -> ImageNuisance:
-        return jax.tree.map(np.asarray, self.stack.nuisance)
-
     def observations(self, index: np.ndarray, with_nuisance: bool = True) -> Observations:
         """Observations in model units for the images at ``index`` (read from the stack)."""
         s = self.scale
         values = (self.raw_images(index) - s.offset) / s.contrast
         nuisance = None
         if with_nuisance:
-            nuisance = jax.tree.map(lambda a: jnp.asarray(a[np.asarray(index)]),
-                                    self._nuisance_numpy)
+            nuisance = self.stack.nuisance_at(index)
         return Observations(jnp.asarray(values), nuisance)
 
     def source(self, index: np.ndarray, with_nuisance: bool = True) -> StackSource:
@@ -276,8 +270,7 @@ class BandSource:
         values[order] = self.values[rows[order]]
         nuisance = None
         if self.with_nuisance:
-            nuisance = jax.tree.map(lambda a: jnp.asarray(a[self.index[rows]]),
-                                    self.data._nuisance_numpy)
+            nuisance = self.data.stack.nuisance_at(self.index[rows])
         return Observations(jnp.asarray(values), nuisance)
 
 
@@ -337,7 +330,7 @@ def estimate_scale(  # noqa: PLR0913 - offset, contrast and noise are each fixed
         # n_grid per axis in 1-D/2-D; in d-D about n_grid^2 points in all (12^3 renders took
         # 38 s and ~3.5 GB of a tiny 3-D run for a scalar contrast)
         grid = _grid(model, max(3, min(n_grid, round(n_grid ** (2 / model.dim)))))
-        ref = _reference_images(op, data.stack.nuisance.take(jnp.asarray(index)), grid)
+        ref = _reference_images(op, data.stack.nuisance_at(index), grid)
         a, _ = estimate.contrast_mixture_em(images, ref, b, s)
     else:
         x_ref = 0.5 * (jnp.asarray(model.lower) + jnp.asarray(model.upper))
@@ -352,8 +345,7 @@ def estimate_scale(  # noqa: PLR0913 - offset, contrast and noise are each fixed
 
 def _empirical_prior_draws(data: PreparedData, rng: np.random.Generator, n: int):
     """Uniform poses, zero shifts, CTFs drawn from the data's own per-image CTF parameters."""
-    rows = jnp.asarray(rng.choice(data.train_index, n))
-    w = data.stack.nuisance.take(rows)
+    w = data.stack.nuisance_at(rng.choice(data.train_index, n))
     euler = sample_uniform_euler(jax.random.key(int(rng.integers(2**31))), n)
     return eqx.tree_at(lambda v: (v.euler_deg, v.shift_angstrom), w,
                        (euler, jnp.zeros_like(w.shift_angstrom)))

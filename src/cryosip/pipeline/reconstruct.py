@@ -91,10 +91,10 @@ def build_operator(data: PreparedData, model, known_poses: bool) -> CryoEMOperat
     """The cryo-EM operator in model units at the flow's box (module docstring for priors)."""
     prior = NuisancePrior()
     if not known_poses:
-        w = data.stack.nuisance
-        mean_defocus = 0.5 * (np.asarray(w.defocus_u_angstrom) + np.asarray(w.defocus_v_angstrom))
-        astig = float(np.mean(np.abs(np.asarray(w.defocus_u_angstrom)
-                                     - np.asarray(w.defocus_v_angstrom))))
+        t = data.stack.table  # (float64 columns, no [N] float32 copies)
+        mean_defocus = 0.5 * (np.asarray(t.defocus_u_angstrom) + np.asarray(t.defocus_v_angstrom))
+        astig = float(np.mean(np.abs(np.asarray(t.defocus_u_angstrom)
+                                     - np.asarray(t.defocus_v_angstrom))))
         prior = NuisancePrior((float(mean_defocus.min()), float(mean_defocus.max())), astig,
                               optics_group_probs=data.optics_group_probs)
     return CryoEMOperator(model, data.image_config, data.optics, prior,

@@ -234,7 +234,7 @@ def register_translation(data: PreparedData, model: AbstractConformationModel, *
     index = np.sort(rng.choice(data.train_index, min(n_images, len(data.train_index)),
                                replace=False))
     images = data.raw_images(index).astype(np.float64) - data.scale.offset
-    nuisance = data.stack.nuisance.take(jnp.asarray(index))
+    nuisance = data.stack.nuisance_at(index)
     grid = _grid(model, _n_per_axis(model.dim))
     sigma, pixel = data.scale.noise_std, data.flow_pixel_size_angstrom
     starts = [np.zeros(3)]
