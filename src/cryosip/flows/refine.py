@@ -87,7 +87,8 @@ class ShiftedLikelihood:
 
     ``p`` is ``4 N M`` bytes (256 MB at ``N = 10^6``, ``M = 64``). Up to ``memory_bytes``
     (default :data:`MEMORY_BYTES`) it is one array in memory; above, a scratch file
-    (``tempfile`` in ``scratch``, default the system's temporary folder; deleted when this
+    (``tempfile.TemporaryFile`` in ``scratch``, default the system's temporary folder,
+    ``TMPDIR``: unnamed on Linux, so a killed run leaves nothing behind; freed when this
     object is closed or collected) written with ``pwrite`` and read back :data:`CHUNK_ROWS`
     rows at a time with ``preadv`` into one buffer. No memory map: mapped pages count in the
     process's resident memory, read pages of a plain file stay in the kernel's page cache.
