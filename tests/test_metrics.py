@@ -210,3 +210,26 @@ def test_nd_sparse_certified_path_equals_the_full_matrix(p, monkeypatch):
     # that violate the duals are added round after round until it is
     monkeypatch.setattr(wasserstein, "_NEIGHBOURS", 1)
     np.testing.assert_allclose(wasserstein_nd(x, wx, y, wy, p), dense, rtol=1e-10)
+
+
+def test_nd_repeated_points_are_merged_and_give_the_assignment_cost(monkeypatch):
+    """Draws from a particle measure repeat each particle many times: W2 of 3000 such draws
+    against 3000 other points is the optimal assignment's cost (scipy's Hungarian method on
+    the expanded points), on the sparse path too, and the solver sees the merged points."""
+    from scipy.optimize import linear_sum_assignment
+
+    from cryosip.metrics import wasserstein
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(40, 2))[rng.integers(0, 40, 3000)]
+    y = rng.uniform(size=(3000, 2))
+    cost = np.sum((x[:, None] - y[None]) ** 2, axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    expected = np.sqrt(cost[rows, cols].mean())
+    seen = []
+    emd2 = wasserstein._emd2
+    monkeypatch.setattr(wasserstein, "_emd2", lambda a, b, c: seen.append(len(a)) or emd2(a, b, c))
+    np.testing.assert_allclose(wasserstein_nd(x, None, y, None, 2.0), expected, rtol=1e-9)
+    assert seen == [len(np.unique(x, axis=0))]
+    monkeypatch.setattr(wasserstein, "_DENSE_PAIRS", 0)
+    np.testing.assert_allclose(wasserstein_nd(x, None, y, None, 2.0), expected, rtol=1e-9)

@@ -84,11 +84,23 @@ def wasserstein_nd(x, wx, y, wy, p: float = 2.0) -> float:
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     a, b = _weights(x, wx), _weights(y, wy)
     x, a, y, b = x[a > 0], a[a > 0], y[b > 0], b[b > 0]
+    (x, a), (y, b) = _merge_duplicates(x, a), _merge_duplicates(y, b)
     if len(x) * len(y) <= _DENSE_PAIRS:
         value = _emd2(a, b, _cost(x, y, p))[0]
     else:
         value = _sparse_transport(x, a, y, b, p)
     return float(max(value, 0.0) ** (1.0 / p))
+
+
+def _merge_duplicates(x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Identical points as one point carrying their summed weight: the same transport
+    problem (identical rows of the cost are interchangeable), smaller, and without the ties
+    that slow the certified sparse path (samples drawn from a particle measure repeat each
+    particle thousands of times)."""
+    unique, inverse = np.unique(x, axis=0, return_inverse=True)
+    if len(unique) == len(x):
+        return x, a
+    return unique, np.bincount(inverse.ravel(), weights=a, minlength=len(unique))
 
 
 _DENSE_PAIRS = 4_000_000
