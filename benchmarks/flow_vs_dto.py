@@ -112,7 +112,8 @@ def dataset(raw: dict, root: Path) -> Path:
     from cryosip.datasets import parse_simulate_config, simulate_dataset
 
     digest = hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
-    folder = root / f"{raw['model']}_n{raw['n_images']}_{digest}"
+    model = raw["model"] if isinstance(raw["model"], str) else "-".join(raw["model"].values())
+    folder = root / f"{model}_n{raw['n_images']}_{digest}"
     if not (folder / "truth.npz").exists():
         t0 = time.perf_counter()
         simulate_dataset(parse_simulate_config(raw), folder, progress=False)
