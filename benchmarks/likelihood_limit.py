@@ -15,6 +15,11 @@ more prior knowledge, each scored with ``cryosip evaluate``'s W2 beside the floo
   ``h`` would use.
 * ``truth_on_grid``: the truth's density at the grid nodes, normalised (no estimation):
   what a measure on this grid can represent.
+* ``quantization``: the best measure on as many points as the flow has particles
+  (``32 * 2^d``) knowing the truth: k-means on 40000 truth draws (the representation's
+  limit, whatever the weights).
+* ``npmle_components``: the NPMLE's mass, mean and sd on the nodes nearest each truth
+  component's mean.
 * ``oracle``: the truth's components known (means, sds), only their weights fitted by
   maximum likelihood on the images (each component's likelihood by quadrature on the grid);
   scored on draws of that mixture, beside the same score of the true weights' mixture.
@@ -117,6 +122,31 @@ def mixture_score(truth, weights, x_sub: np.ndarray, seed: int, repeats: int = 5
     return float(np.mean(vals)), float(np.std(vals, ddof=1))
 
 
+def quantization(truth, m: int, seed: int) -> dict:
+    """The best ``m``-point measure knowing the truth: k-means (Lloyd, k-means++ start) on
+    40000 truth draws; its W2 to them is the root mean squared distance to the nearest
+    centre (each centre carrying its cell's mass)."""
+    from scipy.cluster.vq import kmeans2
+
+    draws = truth.sample(np.random.default_rng(seed), 40_000)
+    centres, label = kmeans2(draws, m, seed=seed + 1, minit="++", iter=100)
+    rms = np.sqrt(np.mean(np.sum((draws - centres[label]) ** 2, axis=1)))
+    return {"points": m, "w2": float(rms)}
+
+
+def by_component(truth, support: np.ndarray, weights: np.ndarray) -> list[dict]:
+    """Mass, mean and sd of ``weights`` on the nodes nearest each truth component's mean."""
+    means = np.array([c.mean for c in truth.components])
+    near = np.argmin(((support[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    out = []
+    for c in range(len(means)):
+        w, s = weights[near == c], support[near == c]
+        mean = w @ s / w.sum()
+        out.append({"weight": float(w.sum()), "mean": mean.tolist(),
+                    "sd": np.sqrt(w @ (s - mean) ** 2 / w.sum()).tolist()})
+    return out
+
+
 def run(args) -> dict:
     from cryosip.baselines import grid_support, log_likelihood_matrix
     from cryosip.datasets.truth import TruthMixture
@@ -152,6 +182,8 @@ def run(args) -> dict:
     q = component_densities(truth, support)
     w_true = q @ truth.weights
     out["truth_on_grid_w2"] = score(w_true)["w2"]
+    out["quantization"] = quantization(truth, args.particles or 32 * 2**d, args.seed)
+    out["npmle_components"] = by_component(truth, support, w_ml)
     top = loglik.max(axis=1, keepdims=True)
     a = np.exp(loglik - top) @ q
     from cryosip.baselines.em import em_weights
@@ -180,6 +212,11 @@ def report(out: dict) -> None:
               f"held-out log-lik {row['heldout_loglik_per_image']:.6f}")
     print(f"  truth's density, grid  W2 {out['truth_on_grid_w2']:.4f} "
           f"({out['truth_on_grid_w2'] / fl:.1f}x)")
+    for i, c in enumerate(out["npmle_components"]):
+        print(f"  NPMLE near component {i}: weight {c['weight']:.3f}, mean "
+              f"{np.round(c['mean'], 3).tolist()}, sd {np.round(c['sd'], 3).tolist()}")
+    q = out["quantization"]
+    print(f"  k-means, {q['points']} points    W2 {q['w2']:.4f} ({q['w2'] / fl:.1f}x)")
     o = out["oracle"]
     print(f"  oracle weights {np.round(o['fitted_weights'], 4).tolist()} (true "
           f"{o['true_weights']}): W2 {o['w2'][0]:.4f} +- {o['w2'][1]:.4f}; true weights "
@@ -195,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--k", type=int, default=25, help="grid points per axis")
     p.add_argument("--h", type=float, nargs="+", default=H_DEFAULT, help="smoothing sds")
+    p.add_argument("--particles", type=int,
+                   help="points of the k-means quantization (default the flow's 32 * 2^d)")
     p.add_argument("--snr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--simulate-coarse", choices=("residue",),
