@@ -286,6 +286,9 @@ def study_d(d: int, args) -> tuple[list[dict], dict]:
     if args.steps:
         problem.config = problem.config.model_copy(
             update={"loop": problem.config.loop.model_copy(update={"steps": args.steps})})
+    if args.particles:
+        problem.config = problem.config.model_copy(update={
+            "solver": problem.config.solver.model_copy(update={"n_particles": args.particles})})
     print(f"d = {d} ({MODELS[d]}): N = {n}", flush=True)
     rows, check = [], {}
     if args.part != "grids":
@@ -375,6 +378,9 @@ def consistency_rows(args) -> list[dict]:
     if args.steps:
         problem.config = problem.config.model_copy(
             update={"loop": problem.config.loop.model_copy(update={"steps": args.steps})})
+    if args.particles:
+        problem.config = problem.config.model_copy(update={
+            "solver": problem.config.solver.model_copy(update={"n_particles": args.particles})})
     support, loglik, ll_s = likelihood(problem, max(ns), CONSISTENCY_K)
     print(f"likelihood {max(ns)} x {CONSISTENCY_K} in {ll_s.wall:.1f} s", flush=True)
     rows = []
@@ -425,7 +431,9 @@ def plot_study(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(dims), figsize=(4.6 * len(dims), 4.0), squeeze=False)
     for ax, d in zip(axes[0], dims, strict=True):
         rs = [r for r in rows if r["d"] == d]
-        rw = [r for r in rs if r["method"] == "reweight"]
+        # one point per grid (merged runs may repeat a coarse grid), coarse to fine
+        rw = sorted({r["K"]: r for r in reversed(rs) if r["method"] == "reweight"}.values(),
+                    key=lambda r: r["K"])
         flow = next(r for r in rs if r["method"] == "flow")
         ax.plot([r["wall_s"] for r in rw], [r["score"] for r in rw], "-o", color="C0",
                 label="reweighting (EM) on K^d grids")
@@ -524,6 +532,7 @@ def parse_args(argv=None):
     p.add_argument("--k2", type=int, nargs="+", help="grid points per axis, d = 2 (nested)")
     p.add_argument("--k3", type=int, nargs="+", help="grid points per axis, d = 3 (nested)")
     p.add_argument("--steps", type=int, help="override the flow's steps (quick: 40)")
+    p.add_argument("--particles", type=int, help="override the flow's particle count")
     p.add_argument("--snr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", type=Path,
