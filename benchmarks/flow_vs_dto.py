@@ -278,17 +278,24 @@ def prorate_check(problem: Problem, n: int, k: int) -> dict:
     return {"K": k, "direct_s": direct.wall, "direct_cpu_s": direct.cpu}
 
 
+def overrides(problem: Problem, args) -> None:
+    """``--steps`` and ``--particles`` into the problem's flow config."""
+    config = problem.config
+    if args.steps:
+        config = config.model_copy(
+            update={"loop": config.loop.model_copy(update={"steps": args.steps})})
+    if args.particles:
+        config = config.model_copy(
+            update={"solver": config.solver.model_copy(update={"n_particles": args.particles})})
+    problem.config = config
+
+
 def study_d(d: int, args) -> tuple[list[dict], dict]:
     """Rows of one dimension: the flow, reweighting on every grid, the floor beside them."""
     n, ks = args.n, args.grids[d]
     problem = Problem(dataset(simulate_config(d, n, args.snr, args.seed), args.data), d,
                       args.seed)
-    if args.steps:
-        problem.config = problem.config.model_copy(
-            update={"loop": problem.config.loop.model_copy(update={"steps": args.steps})})
-    if args.particles:
-        problem.config = problem.config.model_copy(update={
-            "solver": problem.config.solver.model_copy(update={"n_particles": args.particles})})
+    overrides(problem, args)
     print(f"d = {d} ({MODELS[d]}): N = {n}", flush=True)
     rows, check = [], {}
     if args.part != "grids":
@@ -375,12 +382,7 @@ def consistency_rows(args) -> list[dict]:
     ns = args.consistency_n
     problem = Problem(dataset(simulate_config(1, max(ns), args.snr, args.seed), args.data), 1,
                       args.seed)
-    if args.steps:
-        problem.config = problem.config.model_copy(
-            update={"loop": problem.config.loop.model_copy(update={"steps": args.steps})})
-    if args.particles:
-        problem.config = problem.config.model_copy(update={
-            "solver": problem.config.solver.model_copy(update={"n_particles": args.particles})})
+    overrides(problem, args)
     support, loglik, ll_s = likelihood(problem, max(ns), CONSISTENCY_K)
     print(f"likelihood {max(ns)} x {CONSISTENCY_K} in {ll_s.wall:.1f} s", flush=True)
     rows = []
