@@ -1,26 +1,39 @@
-"""MMD with unknown poses: second moments (noise removed) against raw pixels and the start.
+"""MMD with unknown poses: posterior features and second moments against raw pixels.
 
 Issue 13, item 3. Data: `cryosip simulate` of ``examples/adk_bimodal.yaml`` (AdK path,
 bimodal truth 0.6 N(0.2, 0.08) + 0.4 N(0.8, 0.08)) with ``--n-images``, ``--snr``, box 64,
 shifts with std 2 Å; the flow runs at box 32 with the poses and shifts unknown. Rows:
 
 * ``uniform``: the measure every flow starts from (evenly spaced, equal weights);
+* ``posterior``: ``objective.features: posterior``
+  (:class:`cryosip.flows.posterior_objective.PosteriorFeatureObjective`): each image's
+  posterior over ``--references`` fixed conformations with the pose (rotation grid
+  ``--reference-level``) and shift integrated out, log-posteriors over ``--temperature``;
+  linear-kernel MMD between the mean features of noisy simulations and of the images, on
+  the whitened band (``reconstruct``'s ``flow_inputs``); CTF from the file, simulations with
+  the CTF of a random image of the minibatch and pose and shift from the prior;
 * ``second-moment``: ``objective.features: second-moment``
   (:class:`cryosip.flows.moment_objective.SecondMomentObjective`), each simulation with the
   CTF of a random image of the minibatch (CTF from the file), pose uniform on SO(3) and
-  shift ~ N(0, 2 Å) from the prior; the STAR's angles and origins are never read by it;
+  shift ~ N(0, 2 Å) from the prior;
 * ``pixels``: the old unknown-pose MMD (Gaussian kernel on raw pixels, noise integrated out,
   CTF from the prior's defocus range), as ``reconstruct --poses unknown --discrepancy mmd``
   ran before.
 
-W1 (``scipy.stats.wasserstein_distance``) of each measure against the true ``x`` of the
+The STAR's angles and origins are never read by any row. W1
+(``scipy.stats.wasserstein_distance``) of each measure against the true ``x`` of the
 training images; wall time of the flow (after data preparation, which the rows share).
-``--per-image RESULT.json`` adds, for its second-moment row, the per-image posterior mean
-of ``x`` under that measure (the pose-grid likelihood of
+``--per-image RESULT.json`` adds, for its ``--per-image-row`` row (default ``posterior``),
+the per-image posterior mean of ``x`` under that measure (the pose-grid likelihood of
 :func:`cryosip.forward.poses.image_posteriors`, level ``--grid-level``) and its |Spearman|
-with the true ``x``.
+with the true ``x``. ``benchmarks/unknown_poses.py --cache`` pointed at this script's
+cache runs KL, known and unknown poses, on the very same files.
 
-    nice -n 10 .venv/bin/python benchmarks/unknown_pose_mmd.py --n-images 2000 --steps 150
+    .venv/bin/python benchmarks/unknown_pose_mmd.py --n-images 10000 --steps 200 \
+        --n-draws 512 --batch-size 512 --rows posterior --out a.json
+    .venv/bin/python benchmarks/unknown_pose_mmd.py --n-images 10000 --per-image a.json
+    .venv/bin/python benchmarks/unknown_poses.py --n-images 10000 --snr 0.1 \
+        --cache /tmp/cryosip-unknown-pose-mmd            # KL on the same images
     # JSON to benchmarks/results/unknown_pose_mmd.json (--out to change); rows may run as
     # separate processes (--rows second-moment --out a.json; --rows pixels --out b.json)
     # and be merged: --combine a.json b.json --out benchmarks/results/unknown_pose_mmd.json
@@ -43,7 +56,7 @@ from cryosip.forward import CryoEMOperator, NuisancePrior
 from cryosip.io import read_particles
 from cryosip.pipeline.config import ReconstructConfig
 from cryosip.pipeline.data import prepare_data
-from cryosip.pipeline.reconstruct import fit_flow, initial_measure
+from cryosip.pipeline.reconstruct import fit_flow, flow_inputs, initial_measure
 from cryosip.structures.factory import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +77,13 @@ def simulate(n_images: int, snr: float, shift_std: float, seed: int, cache: Path
 def flow_config(args, data_dir: Path, features: str) -> ReconstructConfig:
     return ReconstructConfig.model_validate({
         "data": {"particles": str(data_dir / "particles.star"), "poses": "unknown",
-                 "flow_box": 32, "heldout_fraction": 0.05},
+                 "flow_box": 32, "heldout_fraction": 0.05,
+                 "shift_std_angstrom": args.shift_std},
         "model": "adk-path", "seed": args.seed,
-        "objective": {"kind": "mmd", "features": features, "n_draws": args.n_draws},
+        "objective": {"kind": "mmd", "features": features, "n_draws": args.n_draws,
+                      **({"references": args.references, "temperature": args.temperature,
+                          "reference_pose_level": args.reference_level}
+                         if features == "posterior" else {})},
         "solver": {"n_particles": args.n_particles},
         "loop": {"steps": args.steps, "batch_size": args.batch_size, "progress": False},
         "uncertainty": {"bootstrap": 0},
@@ -98,7 +115,10 @@ def run_row(args, data_dir, features, with_ctf: bool):
     data = prepare_data(stack, model, known_poses=False, flow_box=32,
                         heldout_fraction=config.data.heldout_fraction, seed=args.seed)
     operator = prior_operator(data, model, args.shift_std)
-    source = data.source(data.train_index, with_nuisance=with_ctf)
+    if features == "posterior":  # the band operator and the whitened bands, with their CTFs
+        operator, source = flow_inputs(config, data, operator)
+    else:
+        source = data.source(data.train_index, with_nuisance=with_ctf)
     t0 = time.perf_counter()
     flow = fit_flow(config, operator, model, source)
     return flow, time.perf_counter() - t0, data, operator, model
@@ -124,10 +144,10 @@ def posteriors(operator, positions, weights, data, truth_x, level: int):
 
 
 def per_image(args, data_dir: Path, truth_all) -> int:
-    """Add per-image |Spearman| to the second-moment row of ``args.per_image``."""
+    """Add per-image |Spearman| to the ``--per-image-row`` row of ``args.per_image``."""
     result = json.loads(args.per_image.read_text())
-    row = result["rows"]["second-moment"]
-    config = flow_config(args, data_dir, "second-moment")
+    row = result["rows"][args.per_image_row]
+    config = flow_config(args, data_dir, args.per_image_row)
     model = load_model(config.model)
     stack = read_particles(config.data.particles, require_poses=False)
     data = prepare_data(stack, model, known_poses=False, flow_box=32,
@@ -163,9 +183,14 @@ def main(argv=None) -> int:
     p.add_argument("--n-draws", type=int, default=1024, help="simulations per step")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rows", default="second-moment,pixels")
+    p.add_argument("--rows", default="posterior,second-moment,pixels")
+    p.add_argument("--references", type=int, default=16, help="posterior row: bank size")
+    p.add_argument("--temperature", type=float, default=1.0, help="posterior row")
+    p.add_argument("--reference-level", type=int, default=3,
+                   help="posterior row: rotation grid level of the features")
     p.add_argument("--per-image", type=Path, default=None,
-                   help="a result JSON: add the per-image |Spearman| of its second-moment row")
+                   help="a result JSON: add the per-image |Spearman| of its --per-image-row")
+    p.add_argument("--per-image-row", default="posterior")
     p.add_argument("--grid-level", type=int, default=4, help="pose grid of --per-image")
     p.add_argument("--cache", type=Path, default=Path("/tmp/cryosip-unknown-pose-mmd"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
@@ -186,7 +211,7 @@ def main(argv=None) -> int:
         "simulate_s": sim_s, "rows": {}}
     for features in filter(None, args.rows.split(",")):
         flow, wall, data, operator, model = run_row(args, data_dir, features,
-                                                    with_ctf=features == "second-moment")
+                                                    with_ctf=features != "pixels")
         truth_x = truth_all[data.train_index]
         if "uniform" not in result["rows"]:
             start = initial_measure(model, args.n_particles, args.seed)

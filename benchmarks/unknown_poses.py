@@ -50,13 +50,15 @@ POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
 
 
 def simulate(n_images: int, snr: float, shift_std: float, seed: int, cache: Path) -> Path:
-    """The data set (cached by its parameters) and a copy of its STAR without poses."""
+    """The data set (cached by its parameters; one ``unknown_pose_mmd.py`` simulated in the
+    same ``--cache`` is reused as it is) and a copy of its STAR without poses."""
     out = cache / f"adk_bimodal_n{n_images}_snr{snr}_shift{shift_std}_seed{seed}"
     if not (out / "noposes.star").is_file():
-        raw = yaml.safe_load((ROOT / "examples" / "adk_bimodal.yaml").read_text())
-        raw.update(n_images=n_images, snr=snr, shift_std_angstrom=shift_std, seed=seed,
-                   box_size=64)
-        simulate_dataset(parse_simulate_config(raw), out, progress=False)
+        if not (out / "particles.star").is_file():
+            raw = yaml.safe_load((ROOT / "examples" / "adk_bimodal.yaml").read_text())
+            raw.update(n_images=n_images, snr=snr, shift_std_angstrom=shift_std, seed=seed,
+                       box_size=64)
+            simulate_dataset(parse_simulate_config(raw), out, progress=False)
         blocks = starfile.read(out / "particles.star", always_dict=True)
         blocks["particles"] = blocks["particles"].drop(
             columns=[c for c in POSE_COLUMNS if c in blocks["particles"]])

@@ -118,7 +118,8 @@ def test_written_config_reads_back_equal_and_is_plain_yaml(tmp_path):
     assert load_config(tmp_path / "config.yaml") == config
     raw = yaml.safe_load((tmp_path / "config.yaml").read_text())  # another reader's view
     assert raw["objective"] == {"kind": "mmd", "n_draws": 64, "bandwidth": 2.0,
-                                "features": "pixels"}
+                                "features": "pixels", "references": 16,
+                                "reference_pose_level": 3, "temperature": 1.0}
     assert raw["outputs"] == {"quantiles": [0.1, 0.5, 0.9]} and raw["seed"] == 4
 
 

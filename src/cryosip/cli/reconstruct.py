@@ -105,12 +105,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:  # default=None: the YAML
     p.add_argument("--n-draws", type=int, default=None,
                    help="nuisance draws per step (default 256; MMD shares them out among the "
                         "particles)")
-    p.add_argument("--mmd-features", choices=["pixels", "power-spectrum", "second-moment"],
+    p.add_argument("--mmd-features",
+                   choices=["pixels", "power-spectrum", "second-moment", "posterior"],
                    default=None,
                    help="MMD kernel on raw pixels (noise integrated out, default), on the "
-                        "rotationally averaged power spectrum (invariant to in-plane pose), or "
+                        "rotationally averaged power spectrum (invariant to in-plane pose), "
                         "the images' pose-averaged second moments (noise removed; for --poses "
-                        "unknown)")
+                        "unknown), or each image's posterior over fixed reference "
+                        "conformations with the pose integrated out (for --poses unknown)")
     p.add_argument("--mmd-bandwidth", type=float, default=None,
                    help="relative Gaussian bandwidth (pixels: h^2 = f D sigma^2; power spectrum: "
                         "f x median heuristic; default 1)")

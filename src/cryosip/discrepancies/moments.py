@@ -54,7 +54,7 @@ from jaxtyping import Array, Float
 
 from cryosip.discrepancies.base import AbstractSampleDiscrepancy
 
-__all__ = ["SecondMomentMMD", "second_moment_mmd2"]
+__all__ = ["SecondMomentMMD", "linear_feature_mmd2", "second_moment_mmd2"]
 
 
 def _sim_pair_weights(p: Float[Array, " n_p"], n_draws: int, estimator: str) -> Array:
@@ -111,6 +111,27 @@ def second_moment_mmd2(  # noqa: PLR0913 (two weighted samples and the noise; th
     ss = ss + nu**2 * dim * jnp.sum(pairs)
     sy = w @ (c @ y.T) ** 2 @ q + nu * (q @ jnp.sum(y**2, axis=1))
     yy = jnp.sum(_obs_pair_weights(q, estimator) * (y @ y.T) ** 2)
+    return ss - 2.0 * sy + yy
+
+
+def linear_feature_mmd2(
+    sims: Float[Array, "n_particles n_draws k"],
+    p: Float[Array, " n_particles"],
+    obs: Float[Array, "m k"],
+    q: Float[Array, " m"],
+    estimator: str = "u",
+) -> Float[Array, ""]:
+    """MMD^2 with the linear kernel ``<a, b>`` on feature vectors: ``||E phi_sim - E phi_obs||^2``
+    with the pair weights of :func:`second_moment_mmd2` (``"u"``: distinct pairs on both
+    sides; two draws of one particle paired only when distinct)."""
+    if estimator not in ("u", "v"):
+        raise ValueError(f"estimator must be 'u' or 'v', got {estimator!r}")
+    n_p, n_d = sims.shape[:2]
+    c = jnp.reshape(sims, (n_p * n_d, -1))
+    w = jnp.repeat(p / n_d, n_d)
+    ss = jnp.sum(_sim_pair_weights(p, n_d, estimator) * (c @ c.T))
+    sy = w @ (c @ obs.T) @ q
+    yy = jnp.sum(_obs_pair_weights(q, estimator) * (obs @ obs.T))
     return ss - 2.0 * sy + yy
 
 

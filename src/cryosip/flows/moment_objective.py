@@ -24,7 +24,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from cryosip.discrepancies.moments import second_moment_mmd2
 from cryosip.operators import AbstractRandomOperator, Observations
 
-__all__ = ["SecondMomentObjective", "moment_scale", "pose_from_prior"]
+__all__ = ["SecondMomentObjective", "moment_scale", "pose_from_prior", "prior_pose_nuisance"]
 
 
 def pose_from_prior(prior_draws, image_nuisance):
@@ -50,7 +50,7 @@ class SecondMomentObjective(eqx.Module):
         key: PRNGKeyArray,
     ) -> Float[Array, ""]:
         n_p = positions.shape[0]
-        nuisance = self._nuisance(batch, key, n_p * self.n_draws)
+        nuisance = prior_pose_nuisance(self.operator, batch, key, n_p * self.n_draws)
         clean = self.operator.clean_paired(jnp.repeat(positions, self.n_draws, 0), nuisance)
         sims = jnp.reshape(clean, (n_p, self.n_draws, *clean.shape[1:]))
         ys = batch.values
@@ -58,13 +58,17 @@ class SecondMomentObjective(eqx.Module):
         return second_moment_mmd2(sims, weights, ys, q, self.operator.noise_std**2,
                                   self.operator.noise_dim, self.scale, self.estimator)
 
-    def _nuisance(self, batch: Observations, key: PRNGKeyArray, n_sim: int):
-        k_prior, k_rows = jax.random.split(key)
-        draws = self.operator.sample_nuisance(k_prior, n_sim)
-        if batch.nuisance is None:
-            return draws
-        rows = jax.random.randint(k_rows, (n_sim,), 0, len(batch))
-        return pose_from_prior(draws, batch.nuisance.take(rows))
+
+def prior_pose_nuisance(operator: AbstractRandomOperator, batch: Observations,
+                        key: PRNGKeyArray, n_sim: int):
+    """``n_sim`` nuisances: pose and shift from the prior, the CTF (and optics group) of a
+    random image of ``batch`` when it carries its nuisance, else the prior's."""
+    k_prior, k_rows = jax.random.split(key)
+    draws = operator.sample_nuisance(k_prior, n_sim)
+    if batch.nuisance is None:
+        return draws
+    rows = jax.random.randint(k_rows, (n_sim,), 0, len(batch))
+    return pose_from_prior(draws, batch.nuisance.take(rows))
 
 
 def moment_scale(operator: AbstractRandomOperator, lower, upper, key: PRNGKeyArray,

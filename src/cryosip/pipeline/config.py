@@ -113,12 +113,22 @@ class MMDSection(_Section):
     ``h`` is ``bandwidth`` times the median distance between features of prior simulations;
     ``"second-moment"`` (unknown poses, :mod:`cryosip.flows.moment_objective`) compares the
     images' pose-averaged second moments, kernel ``(<a, b> / tau)^2`` with ``tau`` =
-    ``bandwidth`` times the mean squared norm of clean prior simulations."""
+    ``bandwidth`` times the mean squared norm of clean prior simulations; ``"posterior"``
+    (unknown poses, :mod:`cryosip.flows.posterior_objective`) compares the images' mean
+    posterior over ``references`` fixed conformations (evenly spaced, or a Sobol set in
+    d > 1) with the pose and shift integrated out on the rotation grid of
+    ``reference_pose_level``,
+    log-posteriors divided by ``temperature`` (``bandwidth`` is not used). Unset,
+    ``features`` is ``posterior`` with unknown poses and ``pixels`` with known ones
+    (:class:`ReconstructConfig`)."""
 
     kind: Literal["mmd"] = "mmd"
     n_draws: int = Field(256, ge=1)
     bandwidth: float = Field(1.0, gt=0)
-    features: Literal["pixels", "power-spectrum", "second-moment"] = "pixels"
+    features: Literal["pixels", "power-spectrum", "second-moment", "posterior"] = "pixels"
+    references: int = Field(16, ge=2)
+    reference_pose_level: int = Field(3, ge=1)
+    temperature: float = Field(1.0, gt=0)
 
 
 class SampleSection(_Section):
@@ -259,9 +269,16 @@ class ReconstructConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _kl_unless_said(cls, raw: Any) -> Any:
-        """``objective`` without ``kind`` is KL (the default objective)."""
+        """``objective`` without ``kind`` is KL (the default objective); MMD without
+        ``features`` compares ``posterior`` features when the poses are unknown (measured
+        against the others in ``docs/tutorial.md`` section 5), else ``pixels``."""
         if isinstance(raw, dict) and isinstance(raw.get("objective"), dict):
-            raw = {**raw, "objective": {"kind": "kl", **raw["objective"]}}
+            objective = {"kind": "kl", **raw["objective"]}
+            data = raw.get("data")
+            poses = data.get("poses") if isinstance(data, dict) else getattr(data, "poses", None)
+            if objective["kind"] == "mmd" and "features" not in objective:
+                objective["features"] = "posterior" if poses == "unknown" else "pixels"
+            raw = {**raw, "objective": objective}
         return raw
 
     def flow_steps(self, dim: int) -> int:

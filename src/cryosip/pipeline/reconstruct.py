@@ -44,6 +44,7 @@ from cryosip.flows import (
     fit_measure,
 )
 from cryosip.flows.moment_objective import SecondMomentObjective, moment_scale
+from cryosip.flows.posterior_objective import PosteriorFeatureObjective
 from cryosip.flows.refine import known_pose_block, refine_weights
 from cryosip.forward import CryoEMOperator, NuisancePrior, RadialPowerSpectrum
 from cryosip.forward.fourier import FourierOperator
@@ -106,6 +107,8 @@ def uses_band(config: ReconstructConfig) -> bool:
     section = config.objective
     if section.kind == "kl" and config.data.poses == "unknown":
         return True  # the pose grid's likelihood lives on the band (cryosip.forward.poses)
+    if section.kind == "mmd" and section.features == "posterior":
+        return True  # its features are the pose grid's posteriors, on the band
     pixels_mmd = section.kind == "mmd" and section.features == "pixels"
     return config.data.likelihood_space == "fourier" and (section.kind == "kl" or pixels_mmd)
 
@@ -119,7 +122,9 @@ def flow_inputs(config: ReconstructConfig, data: PreparedData, operator: CryoEMO
     if not uses_band(config):
         return operator, data.source(data.train_index, with_nuisance=known)
     band_op = FourierOperator.from_operator(operator, data.band.native_pixel_angstrom)
-    known = known or config.objective.kind == "kl"  # the pose grid reads each image's CTF
+    # the pose grid (KL; MMD on posterior features) reads each image's CTF
+    known = known or config.objective.kind == "kl" or getattr(
+        config.objective, "features", None) == "posterior"
     prepared = None if folder is None else folder / "prepared"
     if prepared is not None and distributed.is_distributed():
         # one process transforms the images; the others wait, then read its file
@@ -156,6 +161,15 @@ def _objective(config: ReconstructConfig, operator: CryoEMOperator):
     n_draws = max(1, section.n_draws // n_particles)  # n_draws is per step
     if section.kind != "mmd":  # a registered sample discrepancy (config.SampleSection)
         return SampleObjective(operator, section.discrepancy(), n_draws=n_draws)
+    if section.features == "posterior":
+        if not isinstance(operator, FourierOperator):
+            raise TypeError("objective.features 'posterior' needs the band operator "
+                            f"(cryosip.forward.FourierOperator), got {type(operator).__name__}")
+        reference = initial_measure(operator.model, section.references, config.seed).positions
+        settings = dataclasses.replace(pose_grid_settings(config, operator),
+                                       level=section.reference_pose_level, top_k=0)
+        return PosteriorFeatureObjective.build(operator, reference, settings,
+                                               section.temperature, max(2, n_draws))
     if section.features == "second-moment":
         tau = section.bandwidth * moment_scale(operator, operator.model.lower,
                                                operator.model.upper,
