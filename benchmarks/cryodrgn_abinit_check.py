@@ -28,6 +28,13 @@ cryosip (it reads the simulated folder: ``particles.star``, its stack, ``truth.n
     nice -n 10 /tmp/q-drgn/bin/python benchmarks/cryodrgn_abinit_check.py \\
         --data /tmp/cryosip-unknown-pose-mmd/adk_bimodal_n2000_snr0.1_shift2.0_seed0 \\
         --epochs 2 --small --cryosip benchmarks/results/unknown_pose_mmd.json
+    # on the N = 10^4 set, at cryosip's flow box and with jemalloc (apt-get install
+    # libjemalloc2), as run for docs/tutorial.md:
+    /tmp/q-drgn/bin/python benchmarks/cryodrgn_abinit_check.py \\
+        --data /tmp/cryosip-unknown-pose-mmd/adk_bimodal_n10000_snr0.1_shift2.0_seed0 \\
+        --epochs 2 --small --fast --n-use 1000 --downsample 32 \\
+        --jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
+        --cryosip benchmarks/results/unknown_pose_mmd_posterior_n1e4.json
 
 JSON to ``benchmarks/results/cryodrgn_abinit_check.json``.
 """
@@ -49,14 +56,22 @@ from scipy import stats
 OUT = Path(__file__).resolve().parent / "results" / "cryodrgn_abinit_check.json"
 
 
-def cryodrgn(*args: str, log: Path) -> float:
-    """Run ``cryodrgn ARGS`` (this interpreter's), output to ``log``; wall seconds."""
+JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def cryodrgn(*args: str, log: Path, jemalloc: Path | None = None) -> float:
+    """Run ``cryodrgn ARGS`` (this interpreter's), output to ``log``; wall seconds. With
+    ``jemalloc`` (a ``libjemalloc.so.2``) preloaded and told to keep its pages: on these
+    machines glibc's malloc returns the pose search's large tensors to the kernel after
+    every batch, and the page faults made 40% of its CPU time system time."""
     exe = Path(sys.executable).with_name("cryodrgn")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    if jemalloc is not None:
+        env.update(LD_PRELOAD=str(jemalloc), MALLOC_CONF=JEMALLOC_CONF)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         subprocess.run([str(exe), *args], check=True, stdout=fh, stderr=subprocess.STDOUT,
-                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
-                           "OMP_NUM_THREADS", "2")})
+                       env=env)
     return time.perf_counter() - t0
 
 
@@ -82,6 +97,11 @@ def main(argv=None) -> int:
                    help="only the first N images (cryoDRGN's --ind); default all")
     p.add_argument("--fast", action="store_true",
                    help="a coarser pose search: --t-ngrid 3 --t-extent 3 --l-end 20")
+    p.add_argument("--downsample", type=int, default=None,
+                   help="run on the images downsampled to this box (cryodrgn downsample; "
+                        "cryosip's flow runs at box 32)")
+    p.add_argument("--jemalloc", type=Path, default=None,
+                   help="preload this libjemalloc.so.2 (apt-get install libjemalloc2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/q-abinit"))
     p.add_argument("--cryosip", type=Path, default=None, help="unknown_pose_mmd.json")
@@ -103,16 +123,23 @@ def main(argv=None) -> int:
         with open(index, "wb") as fh:
             pickle.dump(np.arange(n_use), fh)
         extra += ["--ind", str(index)]
-    cmd = ["abinit_het_old", str(star), "--datadir", str(args.data), "--ctf", str(ctf),
+    source = [str(star), "--datadir", str(args.data)]
+    if args.downsample:
+        small = args.work / f"ds{args.downsample}.mrcs"
+        cryodrgn("downsample", *source, "-D", str(args.downsample), "-o", str(small),
+                 log=args.work / "downsample.log")
+        source = [str(small)]  # cryoDRGN rescales the CTF's pixel size to the new box
+    cmd = ["abinit_het_old", *source, "--ctf", str(ctf),
            "--zdim", "1", "-n", str(args.epochs), "-o", str(run), "--no-analysis",
            "--seed", str(args.seed), *extra]
-    wall = cryodrgn(*cmd, log=args.work / "abinit.log")
+    wall = cryodrgn(*cmd, log=args.work / "abinit.log", jemalloc=args.jemalloc)
     z = latent(run)
     rho = stats.spearmanr(z, truth).statistic
     result = {
         "cryodrgn": {"command": "cryodrgn " + " ".join(cmd), "version": _version(),
                      "n_images": n_use, "epochs": args.epochs, "fast": args.fast,
-                     "small": args.small, "wall_s": wall,
+                     "small": args.small, "downsample": args.downsample,
+                     "jemalloc": args.jemalloc is not None, "wall_s": wall,
                      "abs_spearman_z_vs_true_x": float(abs(rho))},
         "cryosip": cryosip_rows(args.cryosip),
         "data": str(args.data),

@@ -25,24 +25,32 @@ def _frobenius(c, p, y, q, noise_var, scale):
     return np.sum((m_sim - m_obs) ** 2) / scale**2
 
 
-def _distinct_pairs(c, p, y, q, noise_var):
-    """The unbiased statistic by loops over distinct pairs (module docstring's weights)."""
-    n_p, n_d, dim = c.shape
-    noisy = lambda a, b: (a @ b) ** 2 + noise_var * (a @ a + b @ b) + noise_var**2 * dim
+def distinct_pair_sum(c, p, y, q, k_sim, k_cross, k_obs):
+    """``ss - 2 sy + yy`` by loops over distinct pairs (module docstring's weights) with
+    the kernels ``k_sim(c_a, c_b)``, ``k_cross(c_a, y_n)`` and ``k_obs(y_n, y_m)``."""
+    n_p, n_d, _ = c.shape
     ss = 0.0
     for i in range(n_p):
         for j in range(n_p):
             for a in range(n_d):
                 for b in range(n_d):
                     if i != j:
-                        ss += p[i] * p[j] / n_d**2 * noisy(c[i, a], c[j, b])
+                        ss += p[i] * p[j] / n_d**2 * k_sim(c[i, a], c[j, b])
                     elif a != b:
-                        ss += p[i] ** 2 / (n_d * (n_d - 1)) * noisy(c[i, a], c[i, b])
-    sy = sum(p[i] / n_d * q[n] * ((c[i, a] @ y[n]) ** 2 + noise_var * y[n] @ y[n])
+                        ss += p[i] ** 2 / (n_d * (n_d - 1)) * k_sim(c[i, a], c[i, b])
+    sy = sum(p[i] / n_d * q[n] * k_cross(c[i, a], y[n])
              for i in range(n_p) for a in range(n_d) for n in range(len(q)))
-    yy = sum(q[n] * q[m] * (y[n] @ y[m]) ** 2 for n in range(len(q)) for m in range(len(q))
+    yy = sum(q[n] * q[m] * k_obs(y[n], y[m]) for n in range(len(q)) for m in range(len(q))
              if n != m) / (1 - np.sum(q**2))
     return ss - 2 * sy + yy
+
+
+def _distinct_pairs(c, p, y, q, noise_var):
+    """The unbiased statistic with the noise integrated into the polynomial kernel."""
+    dim = c.shape[-1]
+    noisy = lambda a, b: (a @ b) ** 2 + noise_var * (a @ a + b @ b) + noise_var**2 * dim
+    cross = lambda a, b: (a @ b) ** 2 + noise_var * b @ b
+    return distinct_pair_sum(c, p, y, q, noisy, cross, lambda a, b: (a @ b) ** 2)
 
 
 @pytest.fixture

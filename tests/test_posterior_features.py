@@ -21,6 +21,7 @@ from cryosip.forward.fourier import FourierOperator
 from cryosip.forward.poses import GridSettings, PoseGrid
 from cryosip.operators import Observations
 from cryosip.structures.factory import load_model
+from test_moments import distinct_pair_sum
 from test_poses import BOX, PIXEL, _brute_force, _data, _logsumexp
 
 
@@ -51,23 +52,10 @@ def test_linear_v_statistic_is_the_squared_distance_of_the_means(small):
 
 def test_linear_u_statistic_sums_distinct_pairs(small):
     phi, p, y, q = small
-    n_p, n_d, _ = phi.shape
-    ss = 0.0
-    for i in range(n_p):
-        for j in range(n_p):
-            for a in range(n_d):
-                for b in range(n_d):
-                    if i != j:
-                        ss += p[i] * p[j] / n_d**2 * phi[i, a] @ phi[j, b]
-                    elif a != b:
-                        ss += p[i] ** 2 / (n_d * (n_d - 1)) * phi[i, a] @ phi[i, b]
-    sy = sum(p[i] / n_d * q[n] * phi[i, a] @ y[n]
-             for i in range(n_p) for a in range(n_d) for n in range(len(q)))
-    yy = sum(q[n] * q[m] * y[n] @ y[m] for n in range(len(q)) for m in range(len(q))
-             if n != m) / (1 - np.sum(q**2))
+    dot = lambda a, b: a @ b
     got = float(linear_feature_mmd2(jnp.asarray(phi), jnp.asarray(p), jnp.asarray(y),
                                     jnp.asarray(q), "u"))
-    np.testing.assert_allclose(got, ss - 2 * sy + yy, rtol=1e-5)
+    np.testing.assert_allclose(got, distinct_pair_sum(phi, p, y, q, dot, dot, dot), rtol=1e-5)
 
 
 def test_features_are_the_brute_force_posterior_over_the_references(x64):
