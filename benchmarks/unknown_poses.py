@@ -13,7 +13,10 @@ per-image posteriors included):
 * ``unknown``: the same STAR with ``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/YAngst``
   removed (written with ``starfile``): CTF from the file, pose and shift integrated out
   (:mod:`cryosip.forward.poses`, level ``--pose-level``, ``--refine-top``,
-  ``--shift-std-angstrom 2``).
+  ``--shift-std-angstrom 2``);
+* ``unknown-mmd`` (only when asked, ``--rows known,unknown,unknown-mmd``): the same STAR
+  without poses, ``--discrepancy mmd`` at its defaults (posterior features,
+  :mod:`cryosip.flows.posterior_objective`).
 
 W1 (``scipy.stats.wasserstein_distance``) of each measure against the true ``x`` of the
 training images (and of the flow's measure before the full-data phase), the uniform
@@ -66,21 +69,27 @@ def simulate(n_images: int, snr: float, shift_std: float, seed: int, cache: Path
     return out
 
 
-def config(args, star: Path, poses: str) -> ReconstructConfig:
+def config(args, star: Path, poses: str, kind: str = "kl") -> ReconstructConfig:
     """``reconstruct``'s defaults but for the data's own settings; ``--steps``,
-    ``--n-particles``, ``--batch-size``, ``--bootstrap`` override them when given."""
+    ``--n-particles``, ``--batch-size``, ``--bootstrap`` override them when given;
+    ``kind="mmd"``: MMD at its defaults (posterior features with unknown poses)."""
+    objective = ({"kind": "kl", "pose_level": args.pose_level,
+                  "pose_refine_top": args.refine_top, "weights_pose_level": args.weights_level}
+                 if kind == "kl" else {"kind": kind})
     loop = {"progress": False, **({"steps": args.steps} if args.steps else {}),
             **({"batch_size": args.batch_size} if args.batch_size else {})}
     return ReconstructConfig.model_validate({
         "data": {"particles": str(star), "poses": poses, "flow_box": 32,
                  "shift_std_angstrom": args.shift_std},
         "model": {"name": "adk-path", "coarse": "residue"}, "seed": args.seed,
-        "objective": {"kind": "kl", "pose_level": args.pose_level,
-                      "pose_refine_top": args.refine_top,
-                      "weights_pose_level": args.weights_level},
+        "objective": objective,
         "solver": {"n_particles": args.n_particles}, "loop": loop,
         "uncertainty": {"bootstrap": args.bootstrap},
     })
+
+
+ROW_KIND = {"unknown": "kl", "unknown-mmd": "mmd"}
+"""The unknown-pose rows: KL, and MMD at ``reconstruct``'s defaults."""
 
 
 def w1(positions, weights, truth_x) -> float:
@@ -88,14 +97,15 @@ def w1(positions, weights, truth_x) -> float:
                                             np.asarray(weights)))
 
 
-def run(args, star: Path, poses: str, out: Path, truth_all: np.ndarray, truth_npz: Path
+def run(args, star: Path, name: str, out: Path, truth_all: np.ndarray, truth_npz: Path
         ) -> dict:
     """One ``cryosip reconstruct`` as the command line runs it (outputs, bootstrap and
     per-image posteriors included), timed as a whole and by part, and ``evaluate``'s
     per-image scores of its ``particles.star`` (correlation of the posterior mean ``x``
     with the true ``x``; median angular error of the MAP poses for unknown poses)."""
     t0 = time.perf_counter()
-    result, summary = run_reconstruction(config(args, star, poses), out)
+    poses, kind = ("known", "kl") if name == "known" else ("unknown", ROW_KIND.get(name, "kl"))
+    result, summary = run_reconstruction(config(args, star, poses, kind), out)
     wall = time.perf_counter() - t0
     truth_x = truth_all[result.data.train_index]
     positions, weights = result.flow.measure.to_numpy()

@@ -64,6 +64,10 @@ def test_flags_alone_give_the_documented_defaults():
     mmd = ReconstructConfig.model_validate({"data": {"particles": "p"},
                                             "objective": {"kind": "mmd"}})
     assert no_phase.flow_steps(1) == mmd.flow_steps(1) == 100
+    # MMD on posterior features (the MMD default with unknown poses): 200
+    unknown_mmd = ReconstructConfig.model_validate(
+        {"data": {"particles": "p", "poses": "unknown"}, "objective": {"kind": "mmd"}})
+    assert [unknown_mmd.flow_steps(d) for d in (1, 2)] == [200, 200]
     assert merged_config(_args(["--particles", "p", "--steps", "7"])).flow_steps(1) == 7
     assert merged_config(_args(["--particles", "p", "--flow-box", "0"])).data.flow_box is None
 
