@@ -117,8 +117,8 @@ class MMDSection(_Section):
     (unknown poses, :mod:`cryosip.flows.posterior_objective`) compares the images' mean
     posterior over ``references`` fixed conformations (evenly spaced, or a Sobol set in
     d > 1) with the pose and shift integrated out on the rotation grid of
-    ``reference_pose_level``,
-    log-posteriors divided by ``temperature`` (``bandwidth`` is not used). Unset,
+    ``reference_pose_level``, log-posteriors divided by ``temperature`` (``bandwidth`` is
+    not used). Unset,
     ``features`` is ``posterior`` with unknown poses and ``pixels`` with known ones
     (:class:`ReconstructConfig`)."""
 
@@ -290,7 +290,8 @@ class ReconstructConfig(_Section):
         0.0206 with 100 at N = 10^4, SNR 0.01 (docs/sip-core.md, section 7). In ``d > 1`` the
         ``32 2^d`` initial particles are coarse and transport places them. MMD on posterior
         features (no full-data phase) takes 200: W1 0.034 against 0.044 with 100 on the
-        unknown-pose AdK set (N = 10^4, SNR 0.1; docs/tutorial.md section 5), 13 s more."""
+        unknown-pose AdK set (N = 10^4, SNR 0.1; docs/tutorial.md section 5), 13 s more
+        flow time."""
         if self.loop.steps is not None:
             return self.loop.steps
         full_data = self.loop.refine_weights and self.objective.kind == "kl"
