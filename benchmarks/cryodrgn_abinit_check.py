@@ -62,8 +62,9 @@ JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 def cryodrgn(*args: str, log: Path, jemalloc: Path | None = None) -> float:
     """Run ``cryodrgn ARGS`` (this interpreter's), output to ``log``; wall seconds. With
     ``jemalloc`` (a ``libjemalloc.so.2``) preloaded and told to keep its pages: on these
-    machines glibc's malloc returns the pose search's large tensors to the kernel after
-    every batch, and the page faults made 40% of its CPU time system time."""
+    machines, with glibc's malloc, 41% of the pose search's CPU time was system time (most
+    likely page faults from large tensors handed back to the kernel after every batch);
+    with jemalloc it was 0 and a batch ran about twice as fast (docs/tutorial.md)."""
     exe = Path(sys.executable).with_name("cryodrgn")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     if jemalloc is not None:
