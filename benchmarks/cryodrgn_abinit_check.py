@@ -35,6 +35,8 @@ cryosip (it reads the simulated folder: ``particles.star``, its stack, ``truth.n
         --epochs 2 --small --fast --n-use 1000 --downsample 32 \\
         --jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
         --cryosip benchmarks/results/unknown_pose_mmd_posterior_n1e4.json
+    # all 10^4 images, 5 epochs (one pose search; 70 min here):
+    #   the same with --epochs 5 and without --n-use
 
 JSON to ``benchmarks/results/cryodrgn_abinit_check.json``.
 """
