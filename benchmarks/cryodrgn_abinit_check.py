@@ -36,7 +36,8 @@ cryosip (it reads the simulated folder: ``particles.star``, its stack, ``truth.n
         --jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
         --cryosip benchmarks/results/unknown_pose_mmd_posterior_n1e4.json
     # all 10^4 images, 5 epochs (one pose search; 70 min here):
-    #   the same with --epochs 5 and without --n-use
+    #   the same with --epochs 5, without --n-use, and
+    #   --out benchmarks/results/cryodrgn_abinit_check_n1e4_ds32_e5.json
 
 JSON to ``benchmarks/results/cryodrgn_abinit_check.json``.
 """
